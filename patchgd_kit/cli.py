@@ -110,13 +110,17 @@ COMMANDS = {"generate": (add_generate, run_generate), "train": (add_train, run_t
             "evaluate": (add_evaluate, run_evaluate)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m patchgd_kit",
                                      description="PatchGD Kit: UltraMNIST, GD and PatchGD training, the paper's tables.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():
         add(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command][1](args)
     except KitError as exc:

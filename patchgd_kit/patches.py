@@ -34,12 +34,12 @@ def patches_per_iteration(sampling: float, num_cells: int) -> int:
 def inner_iterations(sampling: float, max_sampled: float, num_cells: int) -> int:
     """ζ: inner iterations per batch, so that ζ·k covers "Max Sampled %" of the m·n cells (rounded
     up: max sampled 100% visits every cell)."""
+    k = patches_per_iteration(sampling, num_cells)  # checks sampling first
     if not 0 < max_sampled <= 1:
         raise KitError(f"max sampled {max_sampled} must be in (0, 1]")
     if max_sampled < sampling:
         raise KitError(f"max sampled {max_sampled} is below sampling {sampling}; it must be at least "
                        f"the sampling fraction")
-    k = patches_per_iteration(sampling, num_cells)
     return max(1, math.ceil(max_sampled * num_cells / k - 1e-9))
 
 

@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine: `make reproduce` and `make test`.
+# Both create .venv (torch, torchvision and the notebook tools from requirements.txt) when missing.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PROFILE ?=
+SEEDS  ?= 1
+OUT    ?=
+
+.PHONY: install reproduce test benchmark clean-runs
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+# The reproduction: every numbered notebook headless (papermill), profile cpu unless a GPU is
+# present (PROFILE=smoke|cpu|paper overrides), results in runs/<profile>/.
+reproduce: install
+	$(PY) -m patchgd_kit reproduce $(if $(PROFILE),--profile $(PROFILE)) --seeds $(SEEDS) $(if $(OUT),--out $(OUT))
+
+# All tests: the kit's pytest suite, then every notebook under nbval on the smoke profile.
+test: install
+	$(PY) -m pytest tests -q
+	KIT_PROFILE=smoke TQDM_DISABLE=1 $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+benchmark: install
+	$(PY) -m patchgd_kit benchmark
+
+clean-runs:
+	rm -rf runs
