@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import KitError
 
@@ -83,3 +84,20 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
     if unknown:
         raise KitError(f"unknown profile field(s) {unknown}; allowed: {sorted(fields - {'name'})}")
     return dataclasses.replace(PROFILES[name], **overrides)
+
+
+def runs_root() -> Path:
+    """Where runs, data and reports live: ``$KIT_RUNS`` or ``runs/`` at the top of the kit."""
+    return Path(os.environ.get("KIT_RUNS") or Path(__file__).resolve().parents[1] / "runs")
+
+
+def profile_dir(profile: Profile | str) -> Path:
+    """``runs/<profile>/``: everything one profile makes (data, runs, tables, the report)."""
+    return runs_root() / (profile if isinstance(profile, str) else profile.name)
+
+
+def profile_dataset(profile: Profile, seed: int = 0, progress: bool = True) -> Path:
+    """The profile's UltraMNIST (made on first use, reused after) in ``runs/<profile>/data/``."""
+    from .data import ensure_dataset
+    return ensure_dataset(profile_dir(profile) / "data", profile.image_size, profile.per_class_train,
+                          profile.per_class_test, seed, progress=progress)
