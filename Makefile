@@ -28,7 +28,7 @@ test: install
 	KIT_PROFILE=smoke TQDM_DISABLE=1 $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
 benchmark: install
-	$(PY) -m patchgd_kit benchmark
+	$(PY) benchmarks/bench_engine.py
 
 clean-runs:
 	rm -rf runs
