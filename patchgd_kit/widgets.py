@@ -1,0 +1,110 @@
+"""Widgets of the teaching notebooks: controls wired to figures that redraw on every change.
+
+Every builder takes ``interactive``. True returns the controls above an output area (JupyterLab);
+False draws once with the starting values into the cell's ordinary output, which papermill and
+nbval keep. A value that makes no valid choice (a patch size that does not divide the image, ε
+larger than ζ, ...) shows the kit's one-line KitError message in the output, not a traceback.
+"""
+from __future__ import annotations
+
+import ipywidgets as W
+import numpy as np
+from IPython.display import display
+
+from . import viz
+from .data import generate_image
+from .errors import KitError
+from .notebook import peak_memory_estimates
+from .train import TrainConfig
+
+
+def _explorer(render, controls: dict, interactive: bool, extra=()):
+    """`render(**values)` on the controls' values: once now, and on every change when interactive."""
+    def values():
+        return {name: control.value for name, control in controls.items()}
+
+    if not interactive:
+        render(**values())
+        return None
+    out = W.Output()
+
+    def redraw(_change=None):
+        with out:
+            out.clear_output(wait=True)  # keep the old figure until the new one is ready: no flicker
+            try:
+                render(**values())
+            except KitError as e:
+                print(f"Not a valid choice: {e}")
+
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    redraw()
+    wrap = W.Layout(flex_flow="row wrap")
+    return W.VBox([W.HBox([*controls.values(), *extra], layout=wrap), out])
+
+
+def sample_explorer(pool, *, image_size: int = 512, seed: int = 0, scale_range=(1, 9), interactive: bool = True):
+    """One freshly generated UltraMNIST image with a random label, for an image size, a seed and a
+    range of scale factors f (digit side 28·f px at 512); "new sample" moves to the next seed."""
+    def render(image_size, seed, scale_range):
+        rng = np.random.default_rng(seed)
+        image, digits, boxes = generate_image(rng, pool, int(rng.integers(10)), image_size, scale_range=scale_range)
+        display(viz.show_sample(image, digits, boxes))
+
+    controls = {
+        "image_size": W.Dropdown(options=[64, 128, 256, 512, 1024], value=image_size, description="image px"),
+        "seed": W.BoundedIntText(value=seed, min=0, max=10**9, description="seed"),
+        "scale_range": W.IntRangeSlider(value=scale_range, min=1, max=9, description="scale f",
+                                        continuous_update=False),
+    }
+    regenerate = W.Button(description="new sample", icon="refresh")
+    regenerate.on_click(lambda _: setattr(controls["seed"], "value", controls["seed"].value + 1))
+    return _explorer(render, controls, interactive, extra=[regenerate])
+
+
+def z_filling_player(image: np.ndarray, z_rgb: np.ndarray, patch_size: int, *, interactive: bool = True):
+    """Z as Algorithm 2 fills it, one patch at a time: a slider (and a play button) over the steps.
+    Not interactive: a strip of four steps, from the first patch to the full Z."""
+    cells = z_rgb.shape[0] * z_rgb.shape[1]
+    if not interactive:
+        display(viz.plot_z_filling(image, z_rgb, patch_size, sorted({max(1, cells * q // 4) for q in (1, 2, 3, 4)})))
+        return None
+    step = W.IntSlider(value=1, min=1, max=cells, description="patches")
+    play = W.Play(value=1, min=1, max=cells, interval=300)
+    W.jslink((play, "value"), (step, "value"))
+    def render(step):
+        display(viz.plot_z_filling(image, z_rgb, patch_size, [step]))
+
+    return _explorer(render, {"step": step}, interactive, extra=[play])
+
+
+def schedule_explorer(image: np.ndarray, *, backbone: str, patch_size: int, sampling: float, max_sampled: float,
+                      grad_accum: int, batch_size: int = 16, seed: int = 0, interactive: bool = True):
+    """Algorithm 1 for a patch size, "Sampling %", "Max Sampled %" and ε: the grid, the cells each
+    inner iteration samples, the coverage after ζ, when the optimizer steps, and the estimated peak
+    training memory next to GD's at this image size."""
+    image_size = image.shape[0]
+
+    def render(patch_size, sampling_percent, max_sampled_percent, grad_accum):
+        config = TrainConfig(method="patchgd", backbone=backbone, image_size=image_size, patch_size=patch_size,
+                             sampling=sampling_percent / 100, max_sampled=max_sampled_percent / 100,
+                             grad_accum=grad_accum, batch_size=batch_size)
+        config.validate()  # the trainer's own checks: grid, sampling fractions, 1 <= ε <= ζ
+        k, zeta = config.schedule()
+        cells = (image_size // patch_size) ** 2
+        schedule = viz.one_image_schedule(cells, k, zeta, seed)
+        facts = viz.schedule_facts(image_size, patch_size, k, zeta, grad_accum, schedule)
+        print(" · ".join(f"{name} {value}" for name, value in facts.items()))
+        display(viz.plot_inner_iterations(image, patch_size, schedule, grad_accum))
+        peaks = peak_memory_estimates(backbone, image_size, batch_size, patch_size, k, grad_accum)
+        display(viz.plot_memory(peaks, title=f"{backbone}, {image_size} px, one training step"))
+
+    percent = dict(min=1, max=100, continuous_update=False, style={"description_width": "initial"})
+    controls = {
+        # From 16 px: smaller patches make thousands of cells, and the memory estimate takes minutes.
+        "patch_size": W.BoundedIntText(value=patch_size, min=16, max=8192, description="patch p"),
+        "sampling_percent": W.IntSlider(value=round(sampling * 100), description="Sampling %", **percent),
+        "max_sampled_percent": W.IntSlider(value=round(max_sampled * 100), description="Max Sampled %", **percent),
+        "grad_accum": W.BoundedIntText(value=grad_accum, min=1, max=4096, description="ε"),
+    }
+    return _explorer(render, controls, interactive)
