@@ -43,20 +43,28 @@ def inner_iterations(sampling: float, max_sampled: float, num_cells: int) -> int
     return max(1, math.ceil(max_sampled * num_cells / k - 1e-9))
 
 
-def patch_view(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, C, H, W) → (B, m·n, C, p, p) as a view (no copy); cell index a·n + b is patch x_ab."""
+def patch_grid(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) → (B, m, n, C, p, p) as a view (no copy); [:, a, b] is patch x_ab."""
     b, c, h, w = images.shape
     m, n = h // patch_size, w // patch_size
-    v = images.view(b, c, m, patch_size, n, patch_size).permute(0, 2, 4, 1, 3, 5)
-    # Merging (m, n) stays a view: the m stride is n times the n stride for a contiguous image.
-    return v.reshape(b, m * n, c, patch_size, patch_size)
+    return images.view(b, c, m, patch_size, n, patch_size).permute(0, 2, 4, 1, 3, 5)
+
+
+def patch_view(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) → (B, m·n, C, p, p); cell index a·n + b is patch x_ab. A copy of every patch:
+    merging m and n cannot stay a view (the m stride is p·W, not n·p), so training paths index
+    `patch_grid` and copy only the cells they pick."""
+    grid = patch_grid(images, patch_size)
+    b, m, n, c, p, _ = grid.shape
+    return grid.reshape(b, m * n, c, p, p)
 
 
 def gather_patches(images: torch.Tensor, patch_size: int, cells: torch.Tensor) -> torch.Tensor:
     """The patches at `cells` (B, k) of every image, as one batch (B·k, C, p, p)."""
-    view = patch_view(images, patch_size)
+    grid = patch_grid(images, patch_size)
+    n = grid.shape[2]
     rows = torch.arange(images.shape[0], device=images.device).unsqueeze(1)
-    picked = view[rows, cells]  # (B, k, C, p, p): advanced indexing copies only the picked cells
+    picked = grid[rows, cells // n, cells % n]  # (B, k, C, p, p): advanced indexing copies only the picked cells
     return picked.flatten(0, 1)
 
 

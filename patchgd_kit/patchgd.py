@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .gd import autocast, backward, optimizer_step
-from .patches import gather_patches, patch_view, sample_schedule
+from .patches import gather_patches, patch_grid, sample_schedule
 
 
 @torch.no_grad()
@@ -23,14 +23,15 @@ def fill_z(backbone: nn.Module, images: torch.Tensor, patch_size: int, *, chunk:
     """
     b, _, h, w = images.shape
     m, n = h // patch_size, w // patch_size
-    view = patch_view(images, patch_size)  # (B, m·n, C, p, p), a view
+    grid = patch_grid(images, patch_size)  # (B, m, n, C, p, p), a view
     cell = torch.arange(b * m * n, device=images.device)
     outputs = []
     with autocast(images.device, amp_dtype):
         for start in range(0, b * m * n, chunk):
             # Index the view per chunk: flattening B with the cells would copy every image at once.
             idx = cell[start:start + chunk]
-            outputs.append(backbone(view[idx // (m * n), idx % (m * n)]).float())
+            image, ab = idx // (m * n), idx % (m * n)
+            outputs.append(backbone(grid[image, ab // n, ab % n]).float())
     z = torch.cat(outputs)  # (B·m·n, s), cell order a·n + b within each image
     return z.view(b, m * n, -1).transpose(1, 2).reshape(b, -1, m, n)
 

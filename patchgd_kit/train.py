@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from . import gd, patchgd
 from .data import UltraMNIST
 from .errors import KitError
+from .memory import limit_cuda_memory, out_of_memory_error, plan_for_config
 from .models import BACKBONES, METHODS, build_model
 from .patches import grid_shape, inner_iterations, patches_per_iteration
 
@@ -197,9 +198,9 @@ def load_datasets(config: TrainConfig) -> tuple[UltraMNIST, UltraMNIST]:
         if ds.image_size != config.image_size:
             raise KitError(f"data in {root} has images of {ds.image_size} px but the image size is "
                            f"{config.image_size}; regenerate the data or pass --image-size {ds.image_size}")
-        bad = [y for y in ds.labels if not 0 <= int(y) < config.num_classes]
-        if bad:
-            raise KitError(f"label {bad[0]} in {root} is outside the classes 0..{config.num_classes - 1}")
+        if ds.num_classes != config.num_classes:  # the Dataset has checked every label against its own
+            raise KitError(f"data in {root} has {ds.num_classes} classes but num_classes is "
+                           f"{config.num_classes}; pass --num-classes {ds.num_classes}")
     return train_set, test_set
 
 
@@ -246,10 +247,13 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
     config.validate()
     out = Path(out)
     train_set, test_set = load_datasets(config)
-    if config.batch_size is None:
-        from .memory import plan_for_config
-        config = dataclasses.replace(config, batch_size=plan_for_config(config).batch_size)
+    plan = None
+    if config.memory_budget is not None:  # plan the batch, or refuse a given one that does not fit
+        plan = plan_for_config(config)
+        config = dataclasses.replace(config, batch_size=plan.batch_size)
     _open_run(out, config)
+    if plan is not None:
+        write_json(out / "plan.json", dataclasses.asdict(plan))
     summary = out / "summary.json"
     if summary.exists():
         return json.loads(summary.read_text())
@@ -259,6 +263,8 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
+    if device.type == "cuda":  # before the first CUDA allocation; lifts an earlier run's cap without a budget
+        limit_cuda_memory(device, plan.budget_bytes if plan else None)
     model = build_model(config.method, config.backbone, config.num_classes, config.image_size,
                         config.patch_size, weights=config.weights).to(device)
     if _use_channels_last(config, device):
@@ -298,12 +304,17 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
         start, losses, steps = time.perf_counter(), [], 0
         for images, labels in bar:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if config.method == "patchgd":
-                loss, n = patchgd.train_batch(model, images, labels, optimizer, k=k, inner_iterations=zeta,
-                                              grad_accum=config.grad_accum, generator=sampler,
-                                              fill_chunk=config.fill_chunk, amp_dtype=amp_dtype, scaler=scaler)
-            else:
-                loss, n = gd.train_batch(model, images, labels, optimizer, amp_dtype=amp_dtype, scaler=scaler)
+            try:
+                if config.method == "patchgd":
+                    loss, n = patchgd.train_batch(model, images, labels, optimizer, k=k, inner_iterations=zeta,
+                                                  grad_accum=config.grad_accum, generator=sampler,
+                                                  fill_chunk=config.fill_chunk, amp_dtype=amp_dtype, scaler=scaler)
+                else:
+                    loss, n = gd.train_batch(model, images, labels, optimizer, amp_dtype=amp_dtype, scaler=scaler)
+            except torch.OutOfMemoryError as exc:
+                if plan is None:
+                    raise
+                raise out_of_memory_error(plan, config.batch_size) from exc
             scheduler.step()
             loss = loss.item()
             losses.append(loss)

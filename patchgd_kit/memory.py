@@ -1,0 +1,567 @@
+"""Memory budgets (SPEC §4): estimate the peak GPU memory of one training step without allocating it,
+plan the largest batch (for PatchGD: the batch for a k, or the k for a batch) that fits a budget, and
+enforce the budget on CUDA.
+
+Budgets are "4GB", "16 GiB", "16G", "512MB" or a number of bytes. GB means GiB (2^30 bytes): the
+paper's budgets are GPU sizes, and a GPU sold as "16 GB" has 16 GiB.
+
+Estimate: the kit's own step function runs on fake tensors (shapes and dtypes, no data) while a
+dispatch mode adds up the live tensor storages, each rounded up to the 512-byte blocks of CUDA's
+caching allocator: the quantity `torch.cuda.max_memory_allocated` reports. The step is
+`gd.train_batch`, or `patchgd.train_batch` with the fill of Z and one inner iteration of k patches
+per image (two when gradients accumulate, so that the second runs with the first one's gradients
+alive). Adam's moments exist before the step, as they do from the second step of training on.
+
+The fake tensors are CPU tensors: fake CUDA tensors run forward but fail in backward on a torch
+built without CUDA. Where CUDA differs in memory, the step does as CUDA does: Adam's foreach
+implementation (its default on CUDA), fp16 autocast for AMP. The estimate does not see cuDNN
+workspaces and the allocator's fragmentation (the margin covers them), the GradScaler's few
+scalars, nor the copy of the input that channels_last may make.
+
+Margin: a plan keeps the estimated peak under the budget less the CUDA context (512 MiB, which lives
+outside the allocator and so outside its cap), less 10% of the rest for cuDNN workspaces and
+fragmentation (peak reserved runs above peak allocated).
+
+If the fake-tensor estimate fails (an operator without a fake kernel, a PyTorch that changed the
+private APIs used here), a rougher fallback runs the same step on meta tensors and adds up what
+autograd saves for backward, plus parameters, gradients, Adam's moments and the inputs; it warns.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import multiprocessing
+import re
+import warnings
+import weakref
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+
+from . import gd, patchgd
+from .errors import KitError
+from .models import build_model
+from .patches import grid_shape, inner_iterations, patches_per_iteration
+
+GiB = 2**30
+CUDA_CONTEXT_BYTES = 512 * 2**20  # 0.3-0.5 GB on current GPUs, outside the caching allocator
+ALLOCATOR_HEADROOM = 0.10         # of the rest: cuDNN workspaces, fragmentation (reserved > allocated)
+BLOCK_BYTES = 512                 # the CUDA caching allocator rounds every allocation up to this
+
+
+# ---- budgets ---------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_budget(budget: int | str) -> int:
+    """Bytes in a budget: an int (bytes) or a number with a unit K, M, G or T, optionally followed
+    by B or iB ("4GB", "16 GiB", "16G", "1.5 GB"). Units are binary: GB = GiB = 2^30 bytes."""
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        value = budget
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?b)?\s*", str(budget), re.IGNORECASE)
+        if not match or (match[3] and match[3].lower() == "ib" and not match[2]):
+            raise KitError(f"memory budget {budget!r} is not a size; allowed: bytes or a number with a "
+                           f"unit K, M, G, T (binary: GB = GiB = 2^30 bytes), e.g. 4GB, '16 GiB', 16G")
+        value = int(float(match[1]) * _UNITS[match[2].lower()])
+    if value <= 0:
+        raise KitError(f"memory budget {budget!r} must be positive")
+    return value
+
+
+def format_bytes(n: int) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB // 10 else f"{n / 2**20:.1f} MiB"
+
+
+def usable_bytes(budget_bytes: int) -> int:
+    """What a plan may fill: the budget less the CUDA context, less the allocator headroom."""
+    return max(0, int((budget_bytes - CUDA_CONTEXT_BYTES) * (1 - ALLOCATOR_HEADROOM)))
+
+
+def budget_for(peak_bytes: int) -> int:
+    """The smallest budget whose usable part holds an estimated peak (+1 byte against rounding)."""
+    return math.ceil(peak_bytes / (1 - ALLOCATOR_HEADROOM)) + CUDA_CONTEXT_BYTES + 1
+
+
+# ---- private PyTorch APIs: imported and used in this section only -------------------------------
+
+try:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+    _PRIVATE_API_ERROR = None
+except ImportError as exc:  # a PyTorch that moved them: every estimate takes the fallback
+    _PRIVATE_API_ERROR = exc
+    TorchDispatchMode = object
+
+
+@functools.lru_cache(maxsize=None)
+def _fake_mode() -> FakeTensorMode:
+    if _PRIVATE_API_ERROR is not None:
+        raise _PRIVATE_API_ERROR
+    return FakeTensorMode()  # one mode for all estimates: fake tensors stay bound to their mode
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Bytes of live tensor storages and their peak, counting the tensors given at the start and
+    every tensor an operator returns while active. Views share a storage, which PyTorch keeps as
+    one Python object for its lifetime: its id is its key, and it leaves the count when freed.
+    (PyTorch's MemTracker counts the same way but costs about 7x more per operator, for its
+    per-module breakdown, and refuses a module called twice at the top level, as fill_z does.)"""
+
+    def __init__(self, *existing: torch.Tensor):
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.now = self.peak = 0
+        for t in existing:
+            self._count(t)
+
+    def _count(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        key, size = id(storage), -(-storage.nbytes() // BLOCK_BYTES) * BLOCK_BYTES
+        old = self.live.get(key)
+        if old is None:
+            weakref.finalize(storage, self._free, key)
+        self.live[key] = size  # a storage resized in place counts at its new size
+        self.now += size - (old or 0)
+        self.peak = max(self.peak, self.now)
+
+    def _free(self, key: int) -> None:
+        self.now -= self.live.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._count(t)
+        return out
+
+
+# ---- the estimate ------------------------------------------------------------------------------
+
+class Estimate(NamedTuple):
+    peak_bytes: int
+    estimator: str  # "fake-tensor", or "saved-tensors" when the fallback was used
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One training step to estimate (hashable: estimates are cached per step)."""
+    method: str
+    backbone: str
+    image_size: int
+    batch_size: int
+    patch_size: int | None
+    k: int | None
+    amp: bool
+    num_classes: int
+    inner_iterations: int  # 1, or 2 with gradient accumulation (ε ≥ 2)
+    fill_chunk: int
+
+    @property
+    def model_args(self) -> tuple:
+        """build_model's arguments."""
+        return self.method, self.backbone, self.num_classes, self.image_size, self.patch_size
+
+
+def _inputs(step: _Step) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.randn(step.batch_size, 3, step.image_size, step.image_size),
+            torch.zeros(step.batch_size, dtype=torch.long))
+
+
+def _run(step: _Step, model, optimizer, images, labels, amp_dtype) -> None:
+    """The kit's real training step (the scaler is left out: its memory is a few scalars)."""
+    if step.method == "patchgd":
+        patchgd.train_batch(model, images, labels, optimizer, k=step.k, inner_iterations=step.inner_iterations,
+                            grad_accum=step.inner_iterations, fill_chunk=step.fill_chunk, amp_dtype=amp_dtype)
+    else:
+        gd.train_batch(model, images, labels, optimizer, amp_dtype=amp_dtype)
+
+
+def _primed(model_args: tuple):
+    """A model and its Adam with the moments made, as from the second step of training on."""
+    model = build_model(*model_args)
+    optimizer = torch.optim.Adam(model.parameters(), foreach=True)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return model, optimizer
+
+
+def _step_peak(step: _Step, model, optimizer) -> int:
+    """Peak live bytes of one step, counting the model, Adam's moments and the inputs."""
+    images, labels = _inputs(step)
+    optimizer.zero_grad(set_to_none=True)  # an estimate that failed midway may have left gradients
+    state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    with _LiveBytes(*model.parameters(), *model.buffers(), *state, images, labels) as live:
+        _run(step, model, optimizer, images, labels, torch.float16 if step.amp else None)
+    return live.peak
+
+
+@functools.lru_cache(maxsize=8)
+def _fake_model(model_args: tuple):
+    """A primed fake model, shared by the estimates of one model: a step leaves it as it found it."""
+    with _fake_mode():
+        return _primed(model_args)
+
+
+def _fake_tensor_peak(step: _Step) -> int:
+    model, optimizer = _fake_model(step.model_args)
+    with _fake_mode():
+        return _step_peak(step, model, optimizer)
+
+
+def _saved_tensor_peak(step: _Step) -> int:
+    """Fallback, public APIs only: parameters, gradients, Adam's two moments, buffers and inputs,
+    plus the bytes autograd saves for backward in one step. It misses transients (the fill's
+    activations, backward's temporaries) and, on meta tensors, autocast: fp32 throughout."""
+    with torch.device("meta"):
+        # SGD with lr 0 stands in for Adam: Adam's step reads its step count with .item(), which
+        # meta tensors cannot do; Adam's moments are counted below.
+        model = build_model(*step.model_args)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        images, labels = _inputs(step)
+        # Storages by id (views share one); the dicts hold them, so no id is reused.
+        persistent = {id(s): s for s in (t.untyped_storage() for t in (*model.parameters(), *model.buffers(),
+                                                                        images, labels))}
+        saved = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if id(storage) not in persistent:
+                saved[id(storage)] = storage
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            _run(dataclasses.replace(step, inner_iterations=1), model, optimizer, images, labels, None)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return sum(s.nbytes() for s in (*persistent.values(), *saved.values())) + 3 * param_bytes
+
+
+class BatchCannotTrain(KitError):
+    """The step itself refuses the batch: BatchNorm in training needs more than one value per
+    channel, which a batch of 1 lacks where a feature map is 1x1 (PatchGD's head on a 2x2 grid)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _estimate(step: _Step) -> Estimate | BatchCannotTrain:
+    """The estimate, or the refusal of a batch (cached too: the planner asks about batch 1 often)."""
+    try:
+        return Estimate(_fake_tensor_peak(step), "fake-tensor")
+    except KitError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, ValueError) and "more than 1 value per channel" in str(exc):
+            return BatchCannotTrain(f"batch size {step.batch_size} cannot train {step.method} {step.backbone} at "
+                                    f"{step.image_size} px ({exc}); allowed: a larger batch")
+        # An operator without a fake kernel, or private APIs that changed.
+        warnings.warn(f"memory estimate on fake tensors failed for {step.method} {step.backbone} at "
+                      f"{step.image_size} px ({type(exc).__name__}: {exc}); falling back to saved-tensor "
+                      f"accounting, which is rougher (no transients, fp32)", stacklevel=3)
+    try:
+        return Estimate(_saved_tensor_peak(step), "saved-tensors")
+    except Exception as exc:
+        raise KitError(f"cannot estimate the memory of {step.method} {step.backbone} at {step.image_size} px: "
+                       f"{type(exc).__name__}: {exc}") from exc
+
+
+def _check_patchgd(image_size: int, patch_size: int | None, k: int | None) -> int:
+    """The number of patch cells m·n, after checking the patch size and k."""
+    if patch_size is None:
+        raise KitError("PatchGD needs a patch size")
+    m, n = grid_shape(image_size, patch_size)
+    if k is not None and not 1 <= k <= m * n:
+        raise KitError(f"k = {k} patches per image must be between 1 and the {m * n} patches of the grid")
+    return m * n
+
+
+def estimate_peak(method: str, backbone: str, image_size: int, batch_size: int, *, patch_size: int | None = None,
+                  k: int | None = None, amp: bool = False, num_classes: int = 10, grad_accum: int = 1,
+                  fill_chunk: int = 256) -> Estimate:
+    """Estimated peak GPU memory (bytes allocated) of one training step: forward, backward and the
+    Adam step; for PatchGD the fill of Z and an inner iteration of `k` patches per image. `amp`:
+    fp16 autocast. Cached in-process; the first estimate of a step takes about 0.5-5 s on a CPU."""
+    if method == "patchgd":
+        _check_patchgd(image_size, patch_size, k)
+        if k is None:
+            raise KitError("PatchGD needs k, the patches per image per inner iteration")
+    else:
+        patch_size = k = None
+    for name, value in (("batch size", batch_size), ("grad accumulation", grad_accum), ("fill chunk", fill_chunk),
+                        ("image size", image_size)):
+        if not isinstance(value, int) or value < 1:
+            raise KitError(f"{name} {value!r} must be a positive integer")
+    # Only ε ≥ 2 changes the peak (gradients stay alive into the next inner iteration), not its size.
+    inner = 2 if method == "patchgd" and grad_accum >= 2 else 1
+    result = _estimate(_Step(method, backbone, image_size, batch_size, patch_size, k, bool(amp), num_classes,
+                             inner, fill_chunk))
+    if isinstance(result, BatchCannotTrain):
+        raise result
+    return result
+
+
+# ---- planning ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """A batch size (and for PatchGD k) whose estimated peak fits `budget_bytes - margin_bytes`."""
+    method: str
+    backbone: str
+    image_size: int
+    patch_size: int | None
+    amp: bool
+    num_classes: int
+    grad_accum: int
+    fill_chunk: int
+    budget_bytes: int
+    margin_bytes: int
+    batch_size: int
+    k: int | None                    # PatchGD: patches per image per inner iteration
+    planned: str                     # what the planner chose: "batch_size", "k", or "" (checked only)
+    estimated_peak_bytes: int
+    next_peak_bytes: int | None      # the estimate one step further (batch + 1 or k + 1): does not fit
+    estimator: str                   # "fake-tensor", or "saved-tensors" (the rougher fallback)
+
+    def summary(self) -> str:
+        what = f"batch size {self.batch_size}" + (f", k = {self.k}" if self.k is not None else "")
+        return (f"{self.method} {self.backbone} {self.image_size} px"
+                + (f", patch {self.patch_size}" if self.patch_size else "") + (", fp16" if self.amp else "")
+                + f": {what} under {format_bytes(self.budget_bytes)}; estimated peak "
+                f"{format_bytes(self.estimated_peak_bytes)} of {format_bytes(self.budget_bytes - self.margin_bytes)} "
+                f"usable (margin {format_bytes(self.margin_bytes)}: CUDA context and allocator headroom); "
+                f"estimator: {self.estimator}")
+
+
+class BudgetTooSmall(KitError):
+    """Even batch 1 (PatchGD: and k = 1, or the given k) does not fit the budget."""
+
+    def __init__(self, message: str, needs_bytes: int):
+        super().__init__(message)
+        self.needs_bytes = needs_bytes  # the estimated peak of the smallest configuration
+
+
+def _largest_fitting(peak_at: Callable[[int], int], usable: int, lowest: int,
+                     highest: int | None) -> tuple[int, int | None]:
+    """The largest x in lowest..highest with peak_at(x) <= usable (peak_at(lowest) fits), and the
+    peak at x + 1 (None when x is `highest`).
+
+    Memory is about affine in the batch and in k, so the next guess lies on a line through the
+    largest fitting estimate: to the smallest failing one once there is one, else to its nearest
+    other estimate. The search ends when x fits and x + 1 does not, usually after four estimates
+    (lowest, lowest + 1, x, x + 1)."""
+    known = {lowest: peak_at(lowest)}
+    fits, fails = lowest, (highest + 1 if highest is not None else None)
+    guess = lowest + 1
+    while fails is None or fails - fits > 1:
+        guess = max(fits + 1, guess if fails is None else min(guess, fails - 1))
+        known[guess] = peak_at(guess)
+        if known[guess] <= usable:
+            fits = guess
+        else:
+            fails = guess
+        # Across the bracket: near x = 1 the fill's peak can dominate, and a line through that
+        # plateau points far off.
+        other = fails if fails in known else min((x for x in known if x != fits), key=lambda x: abs(x - fits))
+        slope = (known[other] - known[fits]) / (other - fits)
+        guess = fits + (int((usable - known[fits]) / slope) if slope > 0 else fits)
+    return fits, known.get(fits + 1)
+
+
+def plan(method: str, backbone: str, image_size: int, budget: int | str, *, patch_size: int | None = None,
+         sampling: float | None = None, batch_size: int | None = None, amp: bool = False,
+         num_classes: int = 10, grad_accum: int = 1, fill_chunk: int = 256) -> Plan:
+    """The largest batch that fits `budget`; for PatchGD at k = floor(sampling · m·n). For PatchGD
+    with a `batch_size` and no `sampling`: the largest k for that batch. With both (or GD with a
+    batch size): check that the configuration fits, and refuse it, naming both numbers, if not."""
+    budget_bytes = parse_budget(budget)
+    usable = usable_bytes(budget_bytes)
+    cells = _check_patchgd(image_size, patch_size, None) if method == "patchgd" else None
+    if cells and sampling is None and batch_size is None:
+        raise KitError("PatchGD planning needs a sampling fraction (to plan the batch) or a batch size (to plan k)")
+    k = patches_per_iteration(sampling, cells) if cells and sampling is not None else None
+    planned = "batch_size" if batch_size is None else "k" if cells and k is None else ""
+    estimate = functools.partial(estimate_peak, method, backbone, image_size, patch_size=patch_size, amp=amp,
+                                 num_classes=num_classes, grad_accum=grad_accum, fill_chunk=fill_chunk)
+    peak_at = {"batch_size": lambda b: estimate(b, k=k).peak_bytes,
+               "k": lambda kk: estimate(batch_size, k=kk).peak_bytes,
+               "": lambda _: estimate(batch_size, k=k).peak_bytes}[planned]
+    lowest = 1
+    try:
+        smallest = peak_at(1)
+    except BatchCannotTrain:
+        if planned != "batch_size":
+            raise
+        lowest, smallest = 2, peak_at(2)  # BatchNorm on a 1x1 map needs two images
+
+    if smallest > usable:
+        config = (f"{method} {backbone} at {image_size} px" + (f", patch {patch_size}" if cells else "")
+                  + (", fp16" if amp else ""))
+        at = f"batch size {batch_size or lowest}" + (f", k = {k or 1}" if cells else "")
+        if planned == "":  # a given configuration that does not fit: say what would
+            largest = plan(method, backbone, image_size, budget_bytes, patch_size=patch_size, sampling=sampling,
+                           amp=amp, num_classes=num_classes, grad_accum=grad_accum, fill_chunk=fill_chunk)
+            raise KitError(f"{at} does not fit the {format_bytes(budget_bytes)} budget for {config}: it needs an "
+                           f"estimated {format_bytes(smallest)}, {format_bytes(usable)} is usable; the largest "
+                           f"batch that fits is {largest.batch_size}")
+        raise BudgetTooSmall(f"memory budget {format_bytes(budget_bytes)} cannot hold {config}: {at} needs an "
+                             f"estimated {format_bytes(smallest)}, so a budget of at least "
+                             f"{format_bytes(budget_for(smallest))} (with the margin)", smallest)
+    next_peak = None
+    if planned == "batch_size":
+        batch_size, next_peak = _largest_fitting(peak_at, usable, lowest, None)
+    elif planned == "k":
+        k, next_peak = _largest_fitting(peak_at, usable, 1, cells)
+    final = estimate(batch_size, k=k)
+    return Plan(method, backbone, image_size, patch_size if cells else None, bool(amp), num_classes,
+                grad_accum if cells else 1, fill_chunk, budget_bytes, budget_bytes - usable, batch_size, k,
+                planned, final.peak_bytes, next_peak, final.estimator)
+
+
+def plan_for_config(config) -> Plan:
+    """The plan for a TrainConfig with a memory budget: its batch size when it has none, else a
+    check that its batch size fits (a KitError naming both numbers when it does not)."""
+    if config.memory_budget is None:
+        raise KitError("planning needs a memory budget (--memory-budget)")
+    patchgd_only = dict(patch_size=config.patch_size, sampling=config.sampling, grad_accum=config.grad_accum,
+                        fill_chunk=config.fill_chunk) if config.method == "patchgd" else {}
+    return plan(config.method, config.backbone, config.image_size, config.memory_budget,
+                batch_size=config.batch_size, amp=config.amp, num_classes=config.num_classes, **patchgd_only)
+
+
+# ---- enforcement on CUDA -----------------------------------------------------------------------
+
+def limit_cuda_memory(device: torch.device, budget_bytes: int | None) -> None:
+    """Cap this process's CUDA caching allocator at the budget less the CUDA context (the context
+    lives outside the allocator), or lift the cap when there is no budget. Call it before the first
+    CUDA allocation; it creates the context."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    if budget_bytes is None:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        return
+    cap = budget_bytes - CUDA_CONTEXT_BYTES
+    if not 0 < cap <= total:
+        raise KitError(f"memory budget {format_bytes(budget_bytes)} does not fit this GPU of {format_bytes(total)}; "
+                       f"allowed: more than the {format_bytes(CUDA_CONTEXT_BYTES)} CUDA context and at most "
+                       f"{format_bytes(total + CUDA_CONTEXT_BYTES)}")
+    torch.cuda.set_per_process_memory_fraction(cap / total, device)
+
+
+def out_of_memory_error(plan: Plan, batch_size: int) -> KitError:
+    """The error for a CUDA out-of-memory under a budget: the budget, the batch, the planner's word."""
+    return KitError(f"CUDA out of memory under the {format_bytes(plan.budget_bytes)} budget at batch size "
+                    f"{batch_size}; the planner estimated {format_bytes(plan.estimated_peak_bytes)} for batch "
+                    f"{plan.batch_size} ({plan.estimator}); use a batch size below {batch_size} or a larger budget")
+
+
+# ---- the paper's matrix ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One row of the paper's Tables 1-5, as the configuration whose memory it names."""
+    source: str
+    method: str
+    backbone: str
+    image_size: int
+    patch_size: int | None = None
+    sampling: float | None = None
+    max_sampled: float = 1.0
+    grad_accum: int = 1
+    amp: bool = False
+    num_classes: int = 10
+    paper_budget: str = ""
+
+
+def _paper_rows() -> list[PaperRow]:
+    """Tables 1-2 and 5: UltraMNIST 512 px, patch 256, k = 1 of the 4 cells. Tables 3-4: PANDA, 6
+    classes, ResNet50, gradients accumulated over the inner iterations (ε = ζ, Appendix C)."""
+    ultra = [("gd", None, None), ("gd-extended", None, None), ("patchgd", 256, 0.25)]
+    rows = [PaperRow(f"Table {t}", m, bb, 512, p, s, paper_budget="16, 4")
+            for t, bb in ((1, "resnet50"), (2, "mobilenet_v2")) for m, p, s in ultra]
+
+    def panda(table, method, size, patch=None, sampling=None, max_sampled=1.0, amp=False, budget="16"):
+        zeta = inner_iterations(sampling, max_sampled, math.prod(grid_shape(size, patch))) if patch else 1
+        return PaperRow(table, method, "resnet50", size, patch, sampling, max_sampled, zeta, amp, 6, budget)
+
+    rows += [panda("Table 3", "gd", 512), panda("Table 3", "patchgd", 512, 128, 0.3),
+             panda("Table 3", "gd", 2048), panda("Table 3", "patchgd", 2048, 128, 0.1),
+             panda("Table 3", "gd", 2048, amp=True, budget="24"),
+             panda("Table 3", "patchgd", 2048, 128, 0.1, amp=True, budget="24"),
+             panda("Table 3", "gd", 4096, amp=True, budget="24"),
+             panda("Table 3", "patchgd", 4096, 128, 0.1, amp=True, budget="24"),
+             panda("Table 3", "patchgd", 4096, 256, 0.1, amp=True, budget="24")]
+    rows += [panda("Table 4", "patchgd", 2048, 128, s, ms)
+             for s, ms in ((0.5, 1.0), (0.3, 1.0), (0.1, 1.0), (0.1, 0.7), (0.1, 0.5), (0.1, 0.3))]
+    rows += [PaperRow("Table 5", "patchgd", "mobilenet_v2", 512, 256, 0.25, grad_accum=eps, paper_budget="16")
+             for eps in (1, 2, 4)]
+    return rows
+
+
+PAPER_ROWS = _paper_rows()
+TABLE_BUDGETS = ("4GB", "16GB", "24GB")
+
+
+def _plan_key(row: PaperRow) -> PaperRow:
+    """Rows that differ only in what leaves the peak alone (max sampled, ε beyond 2) share a plan."""
+    return dataclasses.replace(row, source="", max_sampled=1.0, paper_budget="", grad_accum=min(row.grad_accum, 2))
+
+
+def _row_plans(row: PaperRow, budgets: tuple[str, ...]) -> list[dict]:
+    out = []
+    for budget in budgets:
+        try:
+            p = plan(row.method, row.backbone, row.image_size, budget, patch_size=row.patch_size,
+                     sampling=row.sampling, amp=row.amp, num_classes=row.num_classes, grad_accum=row.grad_accum)
+            out.append({"batch_size": p.batch_size, "k": p.k, "estimated_peak_bytes": p.estimated_peak_bytes,
+                        "needs_bytes": None, "estimator": p.estimator})
+        except BudgetTooSmall as exc:
+            out.append({"batch_size": None, "k": None, "estimated_peak_bytes": None,
+                        "needs_bytes": exc.needs_bytes, "estimator": None})
+    return out
+
+
+def memory_table(budgets: tuple[str, ...] = TABLE_BUDGETS, rows: list[PaperRow] | None = None,
+                 workers: int = 2) -> list[dict]:
+    """The plan for every row of the paper's Tables 1-5 at every budget: one dict per (row, budget)
+    with the row's fields, `budget`, `batch_size`, `k`, `estimated_peak_bytes`, `estimator`; when
+    even batch 1 does not fit, those are None and `needs_bytes` is batch 1's estimated peak.
+    `workers` processes share the distinct plans (about 3 minutes for the whole table in one)."""
+    rows = list(rows or PAPER_ROWS)
+    keys = sorted(set(map(_plan_key, rows)), key=lambda r: -r.image_size)  # the slowest first
+    if workers > 1:
+        # spawn, not fork: a fork of a process whose torch has started threads can hang
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            results = list(pool.map(_row_plans, keys, itertools.repeat(budgets)))
+    else:
+        results = [_row_plans(key, budgets) for key in keys]
+    plans = dict(zip(keys, results))
+    return [{**dataclasses.asdict(row), "budget": budget, **cell}
+            for row in rows for budget, cell in zip(budgets, plans[_plan_key(row)])]
+
+
+def format_table(cells: list[dict]) -> str:
+    """Markdown: one line per paper row, one column per budget ("B" batch, "k" patches per image)."""
+    budgets = list(dict.fromkeys(c["budget"] for c in cells))
+    lines = ["| Source | Method | Backbone | Image | Patch | Sampling / max | ε | Precision | Paper GB | "
+             + " | ".join(budgets) + " |",
+             "|" + "---|" * (9 + len(budgets))]
+    for i in range(0, len(cells), len(budgets)):
+        row = cells[i]
+        sampling = f"{row['sampling']:.0%} / {row['max_sampled']:.0%}" if row["patch_size"] else "–"
+        out = []
+        for c in cells[i:i + len(budgets)]:
+            if c["batch_size"] is None:
+                out.append(f"does not fit (B=1 needs {format_bytes(c['needs_bytes'])})")
+            else:
+                out.append(f"B={c['batch_size']}" + (f", k={c['k']}" if c["k"] is not None else "")
+                           + f" · {format_bytes(c['estimated_peak_bytes'])}")
+        lines.append(f"| {row['source']} | {row['method']} | {row['backbone']} | {row['image_size']} | "
+                     f"{row['patch_size'] or '–'} | {sampling} | {row['grad_accum']} | "
+                     f"{'fp16' if row['amp'] else 'fp32'} | {row['paper_budget']} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
