@@ -17,8 +17,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-# The reproduction: every numbered notebook headless (papermill), profile cpu unless a GPU is
-# present (PROFILE=smoke|cpu|paper overrides), results in runs/<profile>/.
+# The reproduction: every numbered notebook headless (papermill), results in runs/<profile>/.
+# Profile: $KIT_PROFILE, else cpu, also on a GPU machine (PROFILE=paper asks for the paper's
+# settings, GPU hours; PROFILE=smoke for a quick check). SEEDS=3: mean ± std over three seeds.
 reproduce: install
 	$(PY) -m patchgd_kit reproduce $(if $(PROFILE),--profile $(PROFILE)) --seeds $(SEEDS) $(if $(OUT),--out $(OUT))
 

@@ -64,6 +64,8 @@ def add_train(sub) -> None:
                    help="PatchGD: fraction of the patches visited per batch; sets the inner iterations ζ = ceil(max·m·n / k)")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum,
                    help="PatchGD: ε, inner iterations per optimizer step (gradients averaged), 1..ζ")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes of the data (default: from its card.json: UltraMNIST 10, PANDA 6)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs (paper: 100)")
     p.add_argument("--batch-size", type=int, default=None, help=f"images per batch (default {d.batch_size}, or planned from --memory-budget)")
     p.add_argument("--memory-budget", default=None, help="plan the batch for a GPU memory budget such as 4GB, and enforce it on CUDA")
@@ -80,9 +82,13 @@ def add_train(sub) -> None:
 
 
 def run_train(args) -> None:
+    from .data import UltraMNIST
     from .train import TrainConfig, train
     batch_size = args.batch_size if args.batch_size is not None or args.memory_budget else TrainConfig().batch_size
+    num_classes = (UltraMNIST(args.data, "train", cache=False).num_classes if args.num_classes is None
+                   else args.num_classes)
     config = TrainConfig(method=args.method, backbone=args.backbone, data=args.data, image_size=args.image_size,
+                         num_classes=num_classes,
                          patch_size=args.patch_size, sampling=args.sampling, max_sampled=args.max_sampled,
                          grad_accum=args.grad_accum, epochs=args.epochs, batch_size=batch_size,
                          memory_budget=args.memory_budget, lr=args.lr, warmup_epochs=args.warmup_epochs,
@@ -106,8 +112,76 @@ def run_evaluate(args) -> None:
     print(json.dumps(evaluate_run(args.run, data=args.data, split=args.split, device=args.device), indent=2))
 
 
+def add_plan(sub) -> None:
+    from .train import TrainConfig
+    d = TrainConfig()
+    p = sub.add_parser("plan", help="the largest batch (PatchGD: batch or k) that fits a GPU memory budget",
+                       description="Estimate the peak GPU memory of one training step on fake tensors (no GPU "
+                                   "needed) and plan the largest batch that fits the budget, less a margin for "
+                                   "the CUDA context and the allocator. GB means GiB. --table: the paper's "
+                                   "Tables 1-5 at 4, 16 and 24 GB.")
+    p.add_argument("--table", action="store_true", help="plan every row of the paper's Tables 1-5 at 4, 16 and 24 GB")
+    p.add_argument("--method", default=d.method, help="gd | gd-extended | patchgd")
+    p.add_argument("--backbone", default=d.backbone, help="resnet50 | mobilenet_v2")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="image side in px")
+    p.add_argument("--patch-size", type=int, default=d.patch_size, help="PatchGD patch side p")
+    p.add_argument("--sampling", type=_fraction, default=None,
+                   help=f"PatchGD: fraction of the patches per inner iteration, k = floor(f·m·n) (default "
+                        f"{d.sampling}; leave it out with --batch-size to plan k)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="check this batch (GD, or PatchGD with --sampling), or plan k for it (PatchGD)")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum,
+                   help="PatchGD: ε; above 1, gradients stay alive between inner iterations")
+    p.add_argument("--num-classes", type=int, default=d.num_classes, help="classes (UltraMNIST 10, PANDA 6)")
+    p.add_argument("--fill-chunk", type=int, default=d.fill_chunk, help="patches per backbone call while filling Z")
+    p.add_argument("--budget", default=None, help="GPU memory budget: 4GB, '16 GiB', 16G or bytes (GB = GiB = 2^30)")
+    p.add_argument("--amp", action="store_true", help="fp16 mixed precision")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run_plan(args) -> None:
+    import dataclasses
+
+    from . import memory
+    from .train import TrainConfig
+    if args.table:
+        cells = memory.memory_table()
+        print(json.dumps(cells, indent=2) if args.json else memory.format_table(cells))
+        return
+    if args.budget is None:
+        raise KitError("plan needs --budget (such as 4GB) or --table")
+    sampling = args.sampling
+    if args.method == "patchgd" and sampling is None and args.batch_size is None:
+        sampling = TrainConfig().sampling
+    plan = memory.plan(args.method, args.backbone, args.image_size, args.budget, patch_size=args.patch_size,
+                       sampling=sampling, batch_size=args.batch_size, amp=args.amp, num_classes=args.num_classes,
+                       grad_accum=args.grad_accum, fill_chunk=args.fill_chunk)
+    print(json.dumps(dataclasses.asdict(plan), indent=2) if args.json else plan.summary())
+
+
+def add_reproduce(sub) -> None:
+    from .profiles import PROFILES
+    p = sub.add_parser("reproduce", help="run every numbered notebook headless: the paper's figure and tables",
+                       description="Run notebooks/NN_*.ipynb in order with papermill into OUT/<profile>/ "
+                                   "(executed notebooks, figure2.png/.svg, table*.csv/.md, REPORT.md). "
+                                   "Rerun after an interruption to resume: finished runs are read back from "
+                                   "the results store, a half-finished one resumes from its last epoch.")
+    p.add_argument("--profile", choices=list(PROFILES), default=None,
+                   help="run size (default: $KIT_PROFILE, else cpu, also on a GPU machine: the paper "
+                        "profile takes GPU hours, so it is asked for by name)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per run; tables show mean ± std (default: the profile's)")
+    p.add_argument("--out", default=None, help="runs folder (default: $KIT_RUNS, else runs/); results go to OUT/<profile>/")
+    p.add_argument("--only", default=None, help="comma-separated notebook numbers to run, e.g. 05,06 (default: all)")
+
+
+def run_reproduce(args) -> None:
+    from .reproduce import reproduce
+    reproduce(args.profile, args.seeds, args.out, only=args.only.split(",") if args.only else None)
+
+
 COMMANDS = {"generate": (add_generate, run_generate), "train": (add_train, run_train),
-            "evaluate": (add_evaluate, run_evaluate)}
+            "evaluate": (add_evaluate, run_evaluate), "plan": (add_plan, run_plan),
+            "reproduce": (add_reproduce, run_reproduce)}
 
 
 def build_parser() -> argparse.ArgumentParser:

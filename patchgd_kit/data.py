@@ -11,6 +11,10 @@ random stream derived from (seed, split, index), so the worker count and order d
 On disk a split is ``<out>/<split>/`` with ``images/NNNNNN.png`` (grey, 8 bit), ``manifest.csv``
 (image, label, digits, boxes) and ``card.json`` (the parameters). It is written into a temporary
 sibling folder and renamed at the end: a split folder either is complete or does not exist.
+
+The Dataset reads any split in this format. Other datasets (PANDA, patchgd_kit/panda.py) store RGB
+images and say so in their card: ``num_classes`` and ``normalization`` ({"mean": [r, g, b],
+"std": [r, g, b]}); a card without them is UltraMNIST's (10 classes, grey, MNIST mean/std).
 """
 from __future__ import annotations
 
@@ -117,9 +121,19 @@ def load_digit_pools(source: str = "bundled", root=None, download: bool = False)
 
 # --- one image ---------------------------------------------------------------------------------
 
-def draw_scale_factors(rng: np.random.Generator, n: int) -> np.ndarray:
-    """n scale factors f: 1..9 with the recipe's weights, and 0.5 for half of the f = 1 draws."""
-    factors = rng.choice(SCALE_FACTORS, size=n, p=SCALE_WEIGHTS).astype(np.float64)
+def draw_scale_factors(rng: np.random.Generator, n: int,
+                       scale_range: tuple[int, int] | None = None) -> np.ndarray:
+    """n scale factors f: 1..9 with the recipe's weights, and 0.5 for half of the f = 1 draws.
+    ``scale_range`` (lo, hi) keeps only lo <= f <= hi, reweighted (for exploring; the recipe uses
+    all of them)."""
+    factors, weights = SCALE_FACTORS, SCALE_WEIGHTS
+    if scale_range is not None:
+        lo, hi = scale_range
+        keep = (factors >= lo) & (factors <= hi)
+        if not keep.any():
+            raise KitError(f"scale range {scale_range!r} holds no scale factor; allowed: within 1..9")
+        factors, weights = factors[keep], weights[keep] / weights[keep].sum()
+    factors = rng.choice(factors, size=n, p=weights).astype(np.float64)
     halve = rng.random(n) < HALF_SIZE_PROB
     return np.where((factors == 1) & halve, 0.5, factors)
 
@@ -152,10 +166,12 @@ def _place(rng: np.random.Generator, sides, image_size: int):
     return boxes.tolist()
 
 
-def generate_image(rng: np.random.Generator, pool, label: int, image_size: int):
+def generate_image(rng: np.random.Generator, pool, label: int, image_size: int,
+                   scale_range: tuple[int, int] | None = None):
     """One UltraMNIST image: (uint8 [S,S], digits list[int], boxes list[[x0,y0,x1,y1]]).
 
-    ``pool`` is (images [N,28,28], labels [N]) from load_digit_pools.
+    ``pool`` is (images [N,28,28], labels [N]) from load_digit_pools; ``scale_range`` restricts
+    the scale factors (see draw_scale_factors).
     """
     if label not in MULTISETS:
         raise KitError(f"label {label!r} is not a class; allowed: 0..{NUM_CLASSES - 1}")
@@ -169,7 +185,7 @@ def generate_image(rng: np.random.Generator, pool, label: int, image_size: int):
             raise KitError(f"the digit pool has no image of digit {d}; a pool needs all of 0..9")
         sources.append(images[candidates[rng.integers(len(candidates))]])
     for _ in range(LAYOUT_RESTARTS):
-        sides = [digit_side(f, image_size) for f in draw_scale_factors(rng, len(digits))]
+        sides = [digit_side(f, image_size) for f in draw_scale_factors(rng, len(digits), scale_range)]
         boxes = _place(rng, sides, image_size)
         if boxes is not None:
             break
@@ -335,33 +351,48 @@ def ensure_dataset(root, image_size: int, per_class_train: int, per_class_test: 
 
 # --- reading it back -----------------------------------------------------------------------------
 
-def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., H, W) grey → float32 (..., 3, H, W): /255, MNIST mean/std, grey copied to 3
-    channels (the ImageNet backbones take RGB). Works on any device, so a training loop can keep
-    the uint8 images on the GPU and normalise there."""
-    x = (images.float() / 255 - MNIST_MEAN) / MNIST_STD
-    return x.unsqueeze(-3).expand(*x.shape[:-2], 3, *x.shape[-2:]).contiguous()
+def normalize_uint8(images: torch.Tensor, mean=(MNIST_MEAN,), std=(MNIST_STD,)) -> torch.Tensor:
+    """uint8 → float32 (..., 3, H, W): /255, then per channel (x - mean) / std. One mean (the
+    default: MNIST's) means grey images (..., H, W), copied to 3 channels (the ImageNet backbones
+    take RGB); three means RGB images (..., H, W, 3). Works on any device, so a training loop can
+    keep the uint8 images on the GPU and normalise there."""
+    x = images.float() / 255
+    if len(mean) == 1:
+        x = ((x - mean[0]) / std[0]).unsqueeze(-3)
+        return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous()
+    stats = torch.tensor([mean, std], device=images.device)
+    return ((x - stats[0]) / stats[1]).movedim(-1, -3).contiguous()
+
+
+CACHE_LIMIT_BYTES = 4 * 2**30  # cache=None keeps a split's decoded images in memory up to this size
 
 
 class UltraMNIST(torch.utils.data.Dataset):
-    """A split written by generate_split: ``(float32 (3,S,S) normalised, label)`` per item.
+    """A split in the kit's format: ``(float32 (3,S,S) normalised, label)`` per item.
 
-    With cache=True decoded images stay in memory (N·S² bytes; 2.6 GB for the paper's 10,000
-    images of 512 px). DataLoader worker processes each keep their own cache.
+    With cache=True decoded images stay in memory (N·S²·channels bytes; 2.6 GB for the paper's
+    10,000 grey images of 512 px); None (the default) caches when that is at most
+    CACHE_LIMIT_BYTES, so splits such as PANDA at 4096 px are read from disk each time.
+    DataLoader worker processes each keep their own cache.
     """
 
-    num_classes = NUM_CLASSES
-
-    def __init__(self, root, split: str = "train", cache: bool = True):
+    def __init__(self, root, split: str = "train", cache: bool | None = None):
         self.folder = Path(root) / split
         if not self.folder.is_dir():
             raise KitError(f"no UltraMNIST split at {self.folder}; generate it first "
                            "(ensure_dataset, or `python data_gen/ultramnist.py`)")
+        card = _read_card(self.folder)
         self.image_size = _check_int(f"image_size in {self.folder / 'card.json'}",
-                                     _read_card(self.folder).get("params", {}).get("image_size"), 1)
+                                     card.get("params", {}).get("image_size"), 1)
+        self.num_classes = card.get("num_classes", NUM_CLASSES)
+        normalization = card.get("normalization", {"mean": [MNIST_MEAN], "std": [MNIST_STD]})
+        self.mean, self.std = tuple(normalization["mean"]), tuple(normalization["std"])
+        # The shape of one stored image: grey (S, S) or RGB (S, S, 3).
+        self.image_shape = (self.image_size, self.image_size) + ((3,) if len(self.mean) == 3 else ())
         self.manifest = self._read_manifest(self.folder / "manifest.csv")
         self.labels = [row["label"] for row in self.manifest]
-        self.cache = cache
+        self.cache = (len(self.manifest) * np.prod(self.image_shape) <= CACHE_LIMIT_BYTES
+                      if cache is None else cache)
         self._images = [None] * len(self.manifest)
 
     def _read_manifest(self, path: Path) -> list[dict]:
@@ -380,9 +411,9 @@ class UltraMNIST(torch.utils.data.Dataset):
                               "boxes": json.loads(row["boxes"])}
                 except (TypeError, ValueError) as e:
                     raise KitError(f"corrupt manifest {path} line {line}: {e}") from e
-                if not 0 <= parsed["label"] < NUM_CLASSES:
+                if not 0 <= parsed["label"] < self.num_classes:
                     raise KitError(f"{path} line {line}: label {parsed['label']} is outside the "
-                                   f"allowed 0..{NUM_CLASSES - 1}")
+                                   f"allowed 0..{self.num_classes - 1}")
                 if not (self.folder / parsed["image"]).is_file():
                     raise KitError(f"{path} line {line}: missing image "
                                    f"{self.folder / parsed['image']}")
@@ -395,23 +426,25 @@ class UltraMNIST(torch.utils.data.Dataset):
         return len(self.manifest)
 
     def raw(self, i: int) -> np.ndarray:
-        """The image as stored, uint8 (S, S), for plots (do not modify: it may be the cache)."""
+        """The image as stored, uint8 (S, S) grey or (S, S, 3) RGB, for plots (do not modify: it
+        may be the cache)."""
         if self._images[i] is not None:
             return self._images[i]
         path = self.folder / self.manifest[i]["image"]
         with Image.open(path) as im:
             image = np.array(im)
-        if image.shape != (self.image_size, self.image_size) or image.dtype != np.uint8:
+        if image.shape != self.image_shape or image.dtype != np.uint8:
             raise KitError(f"{path} is {image.dtype} {image.shape}, expected uint8 "
-                           f"({self.image_size}, {self.image_size}) grey")
+                           f"{self.image_shape}")
         if self.cache:
             self._images[i] = image
         return image
 
     def __getitem__(self, i: int):
-        return normalize_uint8(torch.from_numpy(self.raw(i))), self.labels[i]
+        return normalize_uint8(torch.from_numpy(self.raw(i)), self.mean, self.std), self.labels[i]
 
     def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All images uint8 (N, S, S) and labels int64 (N,), for loops that skip the DataLoader."""
+        """All images uint8 (N, *image_shape) and labels int64 (N,), for loops that skip the
+        DataLoader (normalise with normalize_uint8(images, ds.mean, ds.std))."""
         images = torch.from_numpy(np.stack([self.raw(i) for i in range(len(self))]))
         return images, torch.tensor(self.labels, dtype=torch.int64)

@@ -29,6 +29,10 @@ class Profile:
     max_sampled: float
     # Scale of the PANDA-shaped runs (Tables 3, 4): the paper's 512/2048/4096 divided by this.
     panda_scale: int
+    # ... and each side of their patch grid divided by this (at least 2 patches a side remain):
+    # ResNet50 costs about the same per patch at any patch size, so the paper's 32x32 grid at 4096
+    # px would take hours on a CPU. 1 keeps the paper's grids.
+    panda_grid_scale: int
     panda_per_class_train: int
     panda_per_class_test: int
     panda_epochs: int
@@ -36,34 +40,41 @@ class Profile:
     # Batch sizes come from the memory planner at the paper's scale (SPEC §4), capped here so a
     # scaled run stays small; None means no cap.
     max_batch_size: int | None
+    # Backbone initialisation of the reproduction runs: None (random) or "imagenet" (as the paper).
+    weights: str | None
     description: str
 
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", image_size=64, patch_size=32, per_class_train=4, per_class_test=2, epochs=2,
-        warmup_epochs=0.5, sampling=0.25, max_sampled=1.0, panda_scale=32, panda_per_class_train=3,
+        warmup_epochs=0.5, sampling=0.25, max_sampled=1.0, panda_scale=32, panda_grid_scale=4, panda_per_class_train=3,
         panda_per_class_test=2, panda_epochs=1, seeds=1, max_batch_size=8,
-        description="seconds to minutes on 2 CPU cores, for CI and nbval; the numbers mean nothing",
+        weights=None, description="seconds to minutes on 2 CPU cores, for CI and nbval; the numbers mean nothing",
     ),
     "binder": Profile(
         name="binder", image_size=128, patch_size=64, per_class_train=20, per_class_test=8, epochs=3,
-        warmup_epochs=1, sampling=0.25, max_sampled=1.0, panda_scale=16, panda_per_class_train=8,
+        warmup_epochs=1, sampling=0.25, max_sampled=1.0, panda_scale=16, panda_grid_scale=4, panda_per_class_train=8,
         panda_per_class_test=4, panda_epochs=2, seeds=1, max_batch_size=8,
-        description="fits Binder's 1-2 GB of RAM and its 1 CPU",
+        weights=None, description="fits Binder's 1-2 GB of RAM and its 1 CPU",
     ),
+    # cpu: the 14 UltraMNIST runs of Figure 2 and Tables 1, 2, 5/6 (batches planned at the paper's
+    # scale) cost, measured at 128 px with one thread (CPU time, so other load does not count):
+    # 0.92 s per training image and epoch for the six ResNet50 runs, 0.20 s for the eight
+    # MobileNetV2 ones, 0.24 s per test image and epoch; two threads run about 1.8x faster. 400 train
+    # and 200 test images for 5 epochs: about 23 minutes, leaving a third of the hour to Tables 3-4.
     "cpu": Profile(
-        name="cpu", image_size=128, patch_size=64, per_class_train=60, per_class_test=20, epochs=8,
-        warmup_epochs=1, sampling=0.25, max_sampled=1.0, panda_scale=16, panda_per_class_train=20,
+        name="cpu", image_size=128, patch_size=64, per_class_train=40, per_class_test=20, epochs=5,
+        warmup_epochs=1, sampling=0.25, max_sampled=1.0, panda_scale=16, panda_grid_scale=4, panda_per_class_train=20,
         panda_per_class_test=8, panda_epochs=4, seeds=1, max_batch_size=None,
-        description="default without a GPU: every figure and table in at most 60 minutes on 2 cores, "
+        weights=None, description="default without a GPU: every figure and table in at most 60 minutes on 2 cores, "
                     "images scaled to 1/4 of the paper's side",
     ),
     "paper": Profile(
         name="paper", image_size=512, patch_size=256, per_class_train=1000, per_class_test=200,
-        epochs=100, warmup_epochs=2, sampling=0.25, max_sampled=1.0, panda_scale=1,
+        epochs=100, warmup_epochs=2, sampling=0.25, max_sampled=1.0, panda_scale=1, panda_grid_scale=1,
         panda_per_class_train=1000, panda_per_class_test=200, panda_epochs=100, seeds=1,
-        max_batch_size=None,
+        max_batch_size=None, weights="imagenet",
         description="the paper's settings (512 px, patch 256, 1000 images per class, 100 epochs); "
                     "needs a GPU",
     ),

@@ -1,0 +1,129 @@
+"""The reproduction runner: paper rows at a profile's scale, the plan cache, notebook discovery, and
+one end-to-end run of the reproduction notebooks on the smoke profile."""
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from patchgd_kit import reproduce, results
+from patchgd_kit.cli import main
+from patchgd_kit.errors import KitError
+from patchgd_kit.profiles import get_profile
+from patchgd_kit.results import OUTPUTS, PAPER, RowResult
+
+FAKE_PLAN = {"batch_size": 32, "k": 1, "estimated_peak_bytes": 2**34, "estimator": "fake"}
+
+
+@pytest.fixture
+def smoke_runs(tmp_path, monkeypatch):
+    """KIT_RUNS in a temporary folder, and a stand-in planner (the real one takes seconds per row)."""
+    monkeypatch.setenv("KIT_RUNS", str(tmp_path))
+    monkeypatch.setattr(reproduce, "paper_plan", lambda settings, cache: FAKE_PLAN)
+    return tmp_path
+
+
+def test_a_row_runs_at_the_profiles_scale_with_the_planned_batch_capped(smoke_runs):
+    profile = get_profile("smoke")
+    table = PAPER["table1"]
+    config, plan, scale = reproduce.row_config(table, table.row("patchgd_4gb"), profile, seed=2)
+    assert (config.image_size, config.patch_size, config.epochs) == (64, 32, profile.epochs)
+    assert config.batch_size == min(FAKE_PLAN["batch_size"], profile.max_batch_size)
+    assert config.memory_budget == "4GB" and config.seed == 2 and config.weights is None
+    assert config.schedule() == (1, 4)  # the paper's k = 1, ζ = 4 on the 2×2 grid
+    assert scale == f"64 px, patch 32; {10 * profile.per_class_train} train / {10 * profile.per_class_test} test images; {profile.epochs} epochs"
+    uncapped, *_ = reproduce.row_config(table, table.row("patchgd_4gb"), get_profile("smoke", max_batch_size=None))
+    assert uncapped.batch_size == min(FAKE_PLAN["batch_size"], 10 * profile.per_class_train)  # the train set caps it
+
+
+def test_runs_shared_between_tables_have_one_store_folder(smoke_runs):
+    profile = get_profile("smoke")
+    folder = smoke_runs / "smoke"
+
+    def run_of(table, row):
+        return results.run_folder(reproduce.row_config(PAPER[table], PAPER[table].row(row), profile)[0], folder)
+    assert run_of("table5_6", "eps1") == run_of("table2", "patchgd_16gb")
+    assert run_of("table5_6", "eps2") != run_of("table5_6", "eps1")
+    assert run_of("table1", "gd_16gb") != run_of("table1", "gd_4gb")
+
+
+def test_plans_are_cached_on_disk(tmp_path, monkeypatch):
+    from patchgd_kit import memory
+    calls = []
+
+    def fake_plan(*args, **kwargs):
+        calls.append(args)
+        return SimpleNamespace(batch_size=32, k=None, estimated_peak_bytes=2**33, estimator="fake")
+    monkeypatch.setattr(memory, "plan", fake_plan)
+    settings = PAPER["table1"].settings(PAPER["table1"].row("gd_16gb"))
+    first = reproduce.paper_plan(settings, tmp_path / "plans.json")
+    again = reproduce.paper_plan(settings, tmp_path / "plans.json")
+    assert first == again == {"batch_size": 32, "k": None, "estimated_peak_bytes": 2**33, "estimator": "fake"}
+    assert calls == [("gd", "resnet50", 512, "16GB")]
+
+
+def test_notebooks_are_found_in_order_and_filtered(tmp_path):
+    for name in ("06_b.ipynb", "05_a.ipynb", "notes.ipynb", "10_c.ipynb"):
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in reproduce.numbered_notebooks(tmp_path)] == ["05_a.ipynb", "06_b.ipynb", "10_c.ipynb"]
+    assert [p.name for p in reproduce.numbered_notebooks(tmp_path, ["10"])] == ["10_c.ipynb"]
+    with pytest.raises(KitError, match="no notebook numbered 99"):
+        reproduce.numbered_notebooks(tmp_path, ["99"])
+
+
+def test_cli_reproduce_errors_are_one_line(capsys):
+    assert main(["reproduce", "--only", "99"]) == 2
+    assert capsys.readouterr().err.startswith("error: no notebook numbered 99")
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--profile", "huge"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine may run the paper profile")
+def test_paper_profile_needs_a_gpu():
+    with pytest.raises(KitError, match="needs a CUDA GPU"):
+        reproduce.reproduce("paper")
+
+
+@pytest.mark.slow
+def test_reproduce_end_to_end_on_the_smoke_profile(tmp_path):
+    """The reproduction notebooks (05 on) headless on the smoke profile: every table and the figure
+    written, a paper and a measured value on every row, REPORT.md gathering them."""
+    only = [p.name[:2] for p in reproduce.numbered_notebooks() if p.name[:2] >= "05"]
+    report = reproduce.reproduce("smoke", out=tmp_path, only=only, progress=False)
+    folder = tmp_path / "smoke"
+    assert report == folder / "REPORT.md"
+    for suffix in ("png", "svg", "md"):
+        assert (folder / f"figure2.{suffix}").stat().st_size > 0
+    written = [name for name in OUTPUTS[1:] if (folder / f"{name}.csv").exists()]
+    assert {"table1", "table2", "table5_6"} <= set(written)
+    text = report.read_text()
+    for name in written:
+        table = pd.read_csv(folder / f"{name}.csv")
+        assert len(table) == len(PAPER[name].rows)
+        assert table["paper accuracy %"].notna().all() and table["measured accuracy %"].notna().all()
+        assert PAPER[name].title in text
+    missing = [name for name in OUTPUTS[1:] if name not in written]
+    assert (f"Missing (their notebooks have not run or do not exist yet): {', '.join(missing)}." in text) == bool(missing)
+    for name in only:
+        assert len(list((folder / "notebooks").glob(f"{name}_*.ipynb"))) == 1
+    assert all((run / "summary.json").exists() for run in (folder / "store").iterdir())
+    # Shared runs are trained once: Table 5/6's ε = 1 is Table 2's PatchGD 16 GB, and Table 1 reads
+    # Figure 2's four runs back.
+    assert len(list((folder / "store").glob("patchgd-mobilenet_v2-*"))) == 4
+    executed = {path.name[:2]: path.read_text() for path in (folder / "notebooks").iterdir()}
+    assert executed["06"].count("): from the store") == 4 and executed["08"].count("): from the store") == 1
+
+
+def test_paper_gpu_hours_scale_the_papers_a100_speed_by_measured_ratios(monkeypatch):
+    speeds = {("gd", "resnet50"): 100.0, ("patchgd", "mobilenet_v2"): 200.0}
+    monkeypatch.setattr(reproduce, "inference_speed", lambda method, backbone, *args: speeds[method, backbone])
+    table = PAPER["table5_6"]
+    config = reproduce.TrainConfig(method="patchgd", backbone="mobilenet_v2", image_size=64, patch_size=32)
+    # 20 test images in 2 s: 10 images/s evaluating, 5 training.
+    run = {"history": [{"train_images_per_s": 5.0, "eval_seconds": 2.0}], "final": {}}
+    hours, basis = reproduce.paper_gpu_hours([RowResult(table, table.rows[0], config, FAKE_PLAN, "", [run], 20)])
+    gpu_eval = reproduce.A100_RESNET50_512_IMG_S * 2  # the row's model is twice as fast as ResNet50 here
+    paper = get_profile("paper")
+    expected = paper.epochs * 10 * (paper.per_class_train / (gpu_eval / 2) + paper.per_class_test / gpu_eval)
+    assert hours == pytest.approx(expected / 3600)
+    assert basis.startswith("estimated, not measured")

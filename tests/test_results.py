@@ -1,0 +1,145 @@
+"""The paper's numbers, the results store, mean ± std over seeds, the tables, orderings and report."""
+import dataclasses
+import math
+
+import pandas as pd
+import pytest
+
+from patchgd_kit import results
+from patchgd_kit.results import FIGURE2, OUTPUTS, PAPER, RowResult
+from patchgd_kit.train import TrainConfig
+
+
+def test_the_papers_numbers_are_all_there():
+    accuracy = {name: [row.paper["accuracy"] for row in table.rows] for name, table in PAPER.items()}
+    assert accuracy["table1"] == [65.2, 50.5, 69.2, 53.6, 52.5, 63.1]
+    assert accuracy["table2"] == [67.3, 64.3, 83.7, 67.7, 60.0, 74.8]
+    assert accuracy["table3"] == [44.4, 44.9, 34.8, 53.9, 50.6, 56.1, 50.1, 53.5, 55.6]
+    assert [row.paper["qwk"] for row in PAPER["table3"].rows][-1] == 0.672
+    assert accuracy["table4"] == [42.3, 49.9, 53.9, 53.1, 53.9, 51.1]
+    assert accuracy["table5_6"] == [83.7, 81.5, 81.1]
+    assert FIGURE2["text_gaps"] == {"16GB": 4.0, "4GB": 13.0}
+    assert OUTPUTS == ("figure2", "table1", "table2", "table3", "table4", "table5_6")
+
+
+def test_every_claim_names_rows_of_its_table():
+    for table in PAPER.values():
+        ids = {row.id for row in table.rows}
+        assert len(ids) == len(table.rows)
+        for claim in table.claims:
+            for term in claim:
+                assert set((term,) if isinstance(term, str) else term) <= ids
+    assert set(FIGURE2["rows"]) <= {row.id for row in PAPER["table1"].rows}
+
+
+def test_same_config_same_folder_and_different_config_different_folder(tmp_path):
+    config = TrainConfig(method="patchgd", backbone="mobilenet_v2", data="d", image_size=64, patch_size=32)
+    same = dataclasses.replace(config, workers=3)  # where data loads from is not part of the result
+    assert results.run_key(config) == results.run_key(same)
+    assert results.run_folder(config, tmp_path) == results.run_folder(same, tmp_path)
+    for change in ({"seed": 1}, {"grad_accum": 2}, {"memory_budget": "4GB"}, {"batch_size": 8}, {"method": "gd"}):
+        other = dataclasses.replace(config, **change)
+        assert results.run_folder(other, tmp_path) != results.run_folder(config, tmp_path), change
+    assert results.run_folder(config, tmp_path).parent == tmp_path / "store"
+
+
+def test_a_finished_run_is_read_back_not_trained_again(tiny_data, tmp_path, monkeypatch):
+    config = TrainConfig(method="patchgd", backbone="mobilenet_v2", data=str(tiny_data), image_size=64,
+                         patch_size=32, batch_size=10, epochs=1, warmup_epochs=0)
+    first = results.train_in_store(config, tmp_path, progress=False)
+    assert results.is_finished(config, tmp_path)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was built again")
+    monkeypatch.setattr("patchgd_kit.train.build_model", no_training)
+    again = results.train_in_store(dataclasses.replace(config, workers=0), tmp_path, progress=False)
+    assert again["final"] == first["final"]
+
+
+def test_mean_and_std_over_seeds():
+    assert results.format_mean_std([10.0, 20.0]) == "15.0 ± 7.1"
+    assert results.format_mean_std([12.34]) == "12.3"
+    mean, std = results.mean_std([3.0])
+    assert mean == 3.0 and math.isnan(std)
+
+
+def _fake(table_name: str, accuracy: dict[str, list[float]]) -> list[RowResult]:
+    """RowResults with made-up runs: `accuracy[row id]` is the final accuracy per seed."""
+    table = PAPER[table_name]
+    out = []
+    for row in table.rows:
+        if row.id not in accuracy:
+            continue
+        settings = table.settings(row)
+        config = TrainConfig(**{k: v for k, v in settings.items() if k in {"method", "backbone", "memory_budget",
+                                                                            "grad_accum"}},
+                             image_size=64, patch_size=32, epochs=2, batch_size=8)
+        runs = [{"final": {"accuracy": a, "qwk": 0.1},
+                 "history": [{"accuracy": a / 2, "train_images_per_s": 10.0, "eval_seconds": 1.0},
+                             {"accuracy": a, "train_images_per_s": 20.0, "eval_seconds": 1.0}]}
+                for a in accuracy[row.id]]
+        out.append(RowResult(table, row, config, {"batch_size": 32, "k": 1, "estimated_peak_bytes": 2**33},
+                             "64 px; 40 train / 20 test images; 2 epochs", runs, test_images=200))
+    return out
+
+
+def test_table_has_paper_measured_and_difference_for_every_row(tmp_path):
+    fake = _fake("table1", {row.id: [20.0, 30.0] for row in PAPER["table1"].rows})
+    frame = results.write_table(fake, tmp_path, footer="GPU hours: none\n")
+    assert len(frame) == 6
+    assert frame["measured accuracy %"].tolist() == [25.0] * 6
+    assert frame["measured − paper accuracy %"].iloc[0] == pytest.approx(25.0 - 65.2)
+    assert frame["measured accuracy % std"].iloc[0] == pytest.approx(7.0711, abs=1e-3)
+    assert frame["images/s"].iloc[0] == 15.0 and frame["batch"].iloc[0] == 8
+    csv = pd.read_csv(tmp_path / "table1.csv")
+    assert {"paper accuracy %", "measured accuracy %"} <= set(csv.columns)
+    md = (tmp_path / "table1.md").read_text()
+    assert "| GD | 16 GB | 65.2 | 25.0 ± 7.1 |" in md and "GPU hours: none" in md
+    assert "random weights" in md
+
+
+def test_orderings_are_decided_by_the_measured_numbers():
+    fake = _fake("table5_6", {"eps1": [60.0, 61.0], "eps2": [40.0, 42.0], "eps4": [35.0, 60.0]})
+    checked = {c["claim"]: c for c in results.orderings(fake)}
+    first, second = checked["PatchGD ε = 1 16 GB > PatchGD ε = 2 16 GB"], checked["PatchGD ε = 2 16 GB > PatchGD ε = 4 16 GB"]
+    assert first["margin"] == 19.5 and not first["within_noise"]
+    # 200 test images and 2 seeds per row: an accuracy near 45% is uncertain by about ±2.5 points.
+    assert first["test_noise"] == pytest.approx(2 * (60.5 * 39.5 / 400 + 41 * 59 / 400) ** 0.5)
+    assert second["margin"] == -6.5 and second["within_noise"]  # the seeds disagree by 17 points
+    text = results.orderings_markdown(fake)
+    assert text.startswith("1 of 2 of the paper's orderings hold")
+    assert "**holds**" in text and "**does not hold** (margin 6.5 within the noise: test-set sampling ±" in text
+
+
+def test_orderings_put_the_papers_larger_side_first():
+    fake = _fake("table1", {"gd_4gb": [50.0], "patchgd_4gb": [40.0], "gd_16gb": [10.0], "patchgd_16gb": [30.0]})
+    claims = {c["claim"]: c for c in results.orderings(fake, FIGURE2["claims"])}
+    gap = claims["(PatchGD (p=256) 4 GB − GD 4 GB) > (PatchGD (p=256) 16 GB − GD 16 GB)"]
+    assert gap["paper"] == pytest.approx((9.5, 4.0)) and gap["measured"] == (-10.0, 20.0)
+    assert claims["PatchGD (p=256) 16 GB > GD 16 GB"]["margin"] == 20.0
+
+
+def test_figure2_and_its_gaps(tmp_path):
+    fake = _fake("table1", {r: [40.0, 50.0] for r in FIGURE2["rows"]})
+    results.write_figure2(fake, tmp_path)
+    for name in ("figure2.png", "figure2.svg", "figure2.md"):
+        assert (tmp_path / name).stat().st_size > 0
+    gaps = results.figure2_gaps(fake)
+    assert gaps["paper text gap"].tolist() == [4.0, 13.0]
+    assert gaps["paper Table 1 gap"].tolist() == pytest.approx([4.0, 9.5])
+    assert gaps["measured gap"].tolist() == ["0.0 ± 0.0"] * 2
+
+
+def test_report_gathers_what_exists_and_names_what_is_missing(tmp_path):
+    (tmp_path / "table1.md").write_text("## Table 1\n")
+    (tmp_path / "figure2.md").write_text("## Figure 2\n")
+    report = results.write_report(tmp_path, "profile smoke").read_text()
+    assert report.index("## Figure 2") < report.index("## Table 1")
+    assert "Missing (their notebooks have not run or do not exist yet): table2, table3, table4, table5_6." in report
+
+
+def test_one_seed_is_read_against_the_test_sets_sampling_noise():
+    fake = _fake("table5_6", {"eps1": [14.5], "eps2": [11.5], "eps4": [40.0]})
+    first, second = results.orderings(fake)
+    assert first["within_noise"] and math.isnan(first["seed_std"])  # 3 points on 200 images: noise
+    assert not second["within_noise"]
