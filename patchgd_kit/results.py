@@ -294,7 +294,14 @@ def _sampling_variance(term: Term, results: dict[str, RowResult]) -> float:
 def _term_name(term: Term, results: dict[str, RowResult]) -> str:
     if isinstance(term, str):
         row = results[term].row
-        return f"{row.label} {_budget_text(row.settings.get('memory_budget'))}"
+        budget = row.settings.get("memory_budget")
+        name = row.label
+        # Table 3 has rows of one method and budget at several sizes and patches: name those too.
+        if sum(r.row.label == row.label and r.row.settings.get("memory_budget") == budget
+               for r in results.values()) > 1:
+            name += "".join(f" {text.format(row.settings[key])}" for key, text in
+                            (("image_size", "{} px"), ("patch_size", "patch {}")) if row.settings.get(key))
+        return f"{name} {_budget_text(budget)}"
     return f"({_term_name(term[0], results)} − {_term_name(term[1], results)})"
 
 
