@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import gd, panda, patchgd
+from . import gd, memory, panda, patchgd
 from .data import UltraMNIST
 from .errors import KitError
 from .models import build_model
@@ -56,7 +56,6 @@ def paper_plan(settings: dict, cache: Path) -> dict:
 
     Kept in the JSON file `cache`: planning takes seconds per row and every notebook asks. The
     planner's source is part of the key, so a changed planner plans again."""
-    from . import memory
     args = _planner_args(settings)
     planner = hashlib.sha256(Path(memory.__file__).read_bytes()).hexdigest()[:12]
     key = json.dumps({**args, "planner": planner}, sort_keys=True)
