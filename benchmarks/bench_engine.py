@@ -23,7 +23,7 @@ from patchgd_kit import gd, patchgd  # noqa: E402
 from patchgd_kit.models import build_model  # noqa: E402
 from patchgd_kit.patches import grid_shape, inner_iterations, patch_view, patches_per_iteration  # noqa: E402
 from patchgd_kit.profiles import get_profile  # noqa: E402
-from patchgd_kit.train import TrainConfig, _use_channels_last  # noqa: E402
+from patchgd_kit.train import TrainConfig, use_channels_last  # noqa: E402
 
 
 def timed(step, images: int, min_seconds: float = 3.0, warmup: int = 1) -> float:
@@ -40,7 +40,7 @@ def timed(step, images: int, min_seconds: float = 3.0, warmup: int = 1) -> float
 def bench_backbone(profile_name: str, backbone: str, batch: int) -> dict:
     profile = get_profile(profile_name)
     size, p = profile.image_size, profile.patch_size
-    channels_last = _use_channels_last(TrainConfig(backbone=backbone), torch.device("cpu"))
+    channels_last = use_channels_last(TrainConfig(backbone=backbone), torch.device("cpu"))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     images = torch.randn(batch, 3, size, size)
     labels = torch.randint(0, 10, (batch,))

@@ -143,9 +143,10 @@ def run_plan(args) -> None:
     import dataclasses
 
     from . import memory
+    from .results import memory_rows
     from .train import TrainConfig
     if args.table:
-        cells = memory.memory_table()
+        cells = memory.memory_table(memory_rows())
         print(json.dumps(cells, indent=2) if args.json else memory.format_table(cells))
         return
     if args.budget is None:

@@ -202,13 +202,13 @@ def generate_image(rng: np.random.Generator, pool, label: int, image_size: int,
 
 # --- a split on disk ---------------------------------------------------------------------------
 
-def _check_int(name: str, value, lowest: int) -> int:
+def check_int(name: str, value, lowest: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
         raise KitError(f"{name} {value!r} is not allowed; allowed: an integer >= {lowest}")
     return int(value)
 
 
-def _kit_version() -> str:
+def kit_version() -> str:
     try:
         return importlib.metadata.version("patchgd-kit")
     except importlib.metadata.PackageNotFoundError:
@@ -259,10 +259,10 @@ def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: i
     """
     if split not in SPLITS:
         raise KitError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
-    per_class = _check_int("per_class", per_class, 1)
-    image_size = _check_int("image_size", image_size, MIN_IMAGE_SIZE)
-    seed = _check_int("seed", seed, 0)
-    workers = _check_int("workers", min(2, os.cpu_count() or 1) if workers is None else workers, 1)
+    per_class = check_int("per_class", per_class, 1)
+    image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE)
+    seed = check_int("seed", seed, 0)
+    workers = check_int("workers", min(2, os.cpu_count() or 1) if workers is None else workers, 1)
     if source not in ("bundled", "torchvision"):
         raise KitError(f"unknown digit source {source!r}; allowed: 'bundled', 'torchvision'")
 
@@ -307,7 +307,7 @@ def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: i
             "counts_per_class": {str(c): per_class for c in range(NUM_CLASSES)},
             "digit_pools": {"used": split, "sizes": {k: len(v[1]) for k, v in pools.items()},
                             "disjoint": True},
-            "kit_version": _kit_version(),
+            "kit_version": kit_version(),
             "recipe": {
                 "label": "sum of the digits, 0..9",
                 "digits": "a sorted multiset of 3, 4 or 5 digits with that sum, drawn uniformly; "
@@ -382,7 +382,7 @@ class UltraMNIST(torch.utils.data.Dataset):
             raise KitError(f"no UltraMNIST split at {self.folder}; generate it first "
                            "(ensure_dataset, or `python data_gen/ultramnist.py`)")
         card = _read_card(self.folder)
-        self.image_size = _check_int(f"image_size in {self.folder / 'card.json'}",
+        self.image_size = check_int(f"image_size in {self.folder / 'card.json'}",
                                      card.get("params", {}).get("image_size"), 1)
         self.num_classes = card.get("num_classes", NUM_CLASSES)
         normalization = card.get("normalization", {"mean": [MNIST_MEAN], "std": [MNIST_STD]})

@@ -459,11 +459,12 @@ def out_of_memory_error(plan: Plan, batch_size: int) -> KitError:
                     f"{plan.batch_size} ({plan.estimator}); use a batch size below {batch_size} or a larger budget")
 
 
-# ---- the paper's matrix ------------------------------------------------------------------------
+# ---- a matrix of rows and budgets ---------------------------------------------------------------
 
 @dataclass(frozen=True)
 class PaperRow:
-    """One row of the paper's Tables 1-5, as the configuration whose memory it names."""
+    """One run configuration of the paper's tables, with the budgets the paper gives it
+    (``results.memory_rows()`` makes them from the paper's tables)."""
     source: str
     method: str
     backbone: str
@@ -477,32 +478,6 @@ class PaperRow:
     paper_budget: str = ""
 
 
-def _paper_rows() -> list[PaperRow]:
-    """Tables 1-2 and 5: UltraMNIST 512 px, patch 256, k = 1 of the 4 cells. Tables 3-4: PANDA, 6
-    classes, ResNet50, gradients accumulated over the inner iterations (ε = ζ, Appendix C)."""
-    ultra = [("gd", None, None), ("gd-extended", None, None), ("patchgd", 256, 0.25)]
-    rows = [PaperRow(f"Table {t}", m, bb, 512, p, s, paper_budget="16, 4")
-            for t, bb in ((1, "resnet50"), (2, "mobilenet_v2")) for m, p, s in ultra]
-
-    def panda(table, method, size, patch=None, sampling=None, max_sampled=1.0, amp=False, budget="16"):
-        zeta = inner_iterations(sampling, max_sampled, math.prod(grid_shape(size, patch))) if patch else 1
-        return PaperRow(table, method, "resnet50", size, patch, sampling, max_sampled, zeta, amp, 6, budget)
-
-    rows += [panda("Table 3", "gd", 512), panda("Table 3", "patchgd", 512, 128, 0.3),
-             panda("Table 3", "gd", 2048), panda("Table 3", "patchgd", 2048, 128, 0.1),
-             panda("Table 3", "gd", 2048, amp=True, budget="24"),
-             panda("Table 3", "patchgd", 2048, 128, 0.1, amp=True, budget="24"),
-             panda("Table 3", "gd", 4096, amp=True, budget="24"),
-             panda("Table 3", "patchgd", 4096, 128, 0.1, amp=True, budget="24"),
-             panda("Table 3", "patchgd", 4096, 256, 0.1, amp=True, budget="24")]
-    rows += [panda("Table 4", "patchgd", 2048, 128, s, ms)
-             for s, ms in ((0.5, 1.0), (0.3, 1.0), (0.1, 1.0), (0.1, 0.7), (0.1, 0.5), (0.1, 0.3))]
-    rows += [PaperRow("Table 5", "patchgd", "mobilenet_v2", 512, 256, 0.25, grad_accum=eps, paper_budget="16")
-             for eps in (1, 2, 4)]
-    return rows
-
-
-PAPER_ROWS = _paper_rows()
 TABLE_BUDGETS = ("4GB", "16GB", "24GB")
 
 
@@ -525,13 +500,11 @@ def _row_plans(row: PaperRow, budgets: tuple[str, ...]) -> list[dict]:
     return out
 
 
-def memory_table(budgets: tuple[str, ...] = TABLE_BUDGETS, rows: list[PaperRow] | None = None,
-                 workers: int = 2) -> list[dict]:
-    """The plan for every row of the paper's Tables 1-5 at every budget: one dict per (row, budget)
+def memory_table(rows: list[PaperRow], budgets: tuple[str, ...] = TABLE_BUDGETS, workers: int = 2) -> list[dict]:
+    """The plan for every row at every budget: one dict per (row, budget)
     with the row's fields, `budget`, `batch_size`, `k`, `estimated_peak_bytes`, `estimator`; when
     even batch 1 does not fit, those are None and `needs_bytes` is batch 1's estimated peak.
     `workers` processes share the distinct plans (about 3 minutes for the whole table in one)."""
-    rows = list(rows or PAPER_ROWS)
     keys = sorted(set(map(_plan_key, rows)), key=lambda r: -r.image_size)  # the slowest first
     if workers > 1:
         # spawn, not fork: a fork of a process whose torch has started threads can hang

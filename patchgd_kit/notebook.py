@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TextIO
 
 from .data import UltraMNIST
 from .errors import KitError
@@ -15,13 +16,15 @@ from .train import TrainConfig
 
 
 def run_notebook(path, out, parameters: dict | None = None, *, cwd=None, kernel: str = "python3",
-                 progress: bool = False) -> Path:
+                 progress: bool = False, echo: TextIO | None = None) -> Path:
     """Execute the notebook at `path` with papermill into `out` and return `out`.
 
     papermill only warns about a parameter the notebook does not declare and runs on without it; here
     that is a KitError naming the allowed parameters, raised before anything runs. The kernel is
     named explicitly and the working directory is the notebook's folder unless `cwd` says otherwise.
     A failing cell raises papermill's PapermillExecutionError; `out` then holds the partial run.
+    `progress` shows papermill's bar of cells; `echo` (such as sys.stdout) receives what the cells
+    print, as they print it: which run is training, one line per epoch.
     """
     import papermill
 
@@ -33,7 +36,8 @@ def run_notebook(path, out, parameters: dict | None = None, *, cwd=None, kernel:
         raise KitError(f"{path.name} has no parameter(s) {', '.join(unknown)}; allowed: {', '.join(declared)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(path), str(out), parameters=parameters, kernel_name=kernel,
-                               cwd=str(cwd or path.parent), progress_bar=progress)
+                               cwd=str(cwd or path.parent), progress_bar=progress,
+                               stdout_file=echo, stderr_file=echo)
     return out
 
 

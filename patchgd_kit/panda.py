@@ -47,12 +47,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import gd, patchgd
-from .data import SPLITS, UltraMNIST, _check_int, _kit_version, ensure_dataset
+from .data import SPLITS, UltraMNIST, check_int, kit_version, ensure_dataset
 from .errors import KitError
 from .models import build_model, count_parameters
 from .profiles import Profile, profile_dir
 from .results import RowResult, run_folder, write_table
-from .train import (TrainConfig, _amp_dtype, _atomic_write, _use_channels_last, resolve_device,
+from .train import (TrainConfig, autocast_dtype, atomic_write, use_channels_last, resolve_device,
                     write_json)
 
 PANDA_COLUMNS = ("image_id", "data_provider", "isup_grade", "gleason_score")
@@ -68,7 +68,7 @@ SKIPPED_REPORT = "skipped.csv"
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
@@ -149,7 +149,7 @@ def _read(path, use):
 def read_slide(path, level: int | None = None, canvas: int = PAPER_SIZES[0]) -> np.ndarray:
     """One level of a slide as uint8 (H, W, 3) RGB. ``level`` None picks it with choose_level."""
     if level is not None:
-        level = _check_int("level", level, 0)
+        level = check_int("level", level, 0)
 
     def decode(levels):
         shapes = [tuple(s.shape) for s in levels]
@@ -191,7 +191,7 @@ def split_slides(rows: list[dict], test_fraction: float, seed: int,
     caps = {"train": per_class_train, "test": per_class_test}
     for split, cap in caps.items():
         if cap is not None:
-            _check_int(f"per_class_{split}", cap, 1)
+            check_int(f"per_class_{split}", cap, 1)
     out = {split: [] for split in SPLITS}
     for grade in range(PANDA_CLASSES):
         slides = sorted((r for r in rows if r["isup_grade"] == grade), key=lambda r: r["image_id"])
@@ -274,14 +274,14 @@ def preprocess_panda(root, out, sizes=PAPER_SIZES, level: int | None = None,
     ``out/skipped.csv``; the cards count it. A rerun with other parameters is refused.
     """
     root, out = Path(root), Path(out)
-    sizes = tuple(_check_int("size", s, 1) for s in sizes)
+    sizes = tuple(check_int("size", s, 1) for s in sizes)
     if not sizes or list(sizes) != sorted(set(sizes), reverse=True):
         raise KitError(f"sizes {sizes} are not allowed; allowed: distinct sizes, largest (the "
                        "canvas) first, e.g. 4096 2048 512")
     if level is not None:
-        level = _check_int("level", level, 0)
-    seed = _check_int("seed", seed, 0)
-    workers = _check_int("workers", min(2, os.cpu_count() or 1) if workers is None else workers, 1)
+        level = check_int("level", level, 0)
+    seed = check_int("seed", seed, 0)
+    workers = check_int("workers", min(2, os.cpu_count() or 1) if workers is None else workers, 1)
     rows = read_train_csv(root)
     if not (root / "train_images").is_dir():
         raise KitError(f"no train_images/ folder in {root}; it holds the slides as <image_id>.tiff")
@@ -372,7 +372,7 @@ def _write_split_files(folder: Path, size: int, split: str, rows: list[dict], pa
         "num_images": len(rows),
         "counts_per_class": {str(c): int(n) for c, n in enumerate(counts)},
         "slides": {**slides, "report": f"../../{SKIPPED_REPORT}"},
-        "kit_version": _kit_version(),
+        "kit_version": kit_version(),
         "recipe": {
             "label": "ISUP grade 0-5 (train.csv isup_grade)",
             "level": "the coarsest pyramid level whose longer side reaches the canvas, else level 0"
@@ -538,9 +538,9 @@ def measure_latency(config: TrainConfig, warmup: int = LATENCY_WARMUP,
     device = resolve_device(config.device)
     model = build_model(config.method, config.backbone, config.num_classes, config.image_size,
                         config.patch_size).to(device).eval()
-    if _use_channels_last(config, device):  # as train() runs it
+    if use_channels_last(config, device):  # as train() runs it
         model = model.to(memory_format=torch.channels_last)
-    amp_dtype = _amp_dtype(config, device)
+    amp_dtype = autocast_dtype(config, device)
     images = torch.rand(config.batch_size, 3, config.image_size, config.image_size, device=device)
 
     def infer() -> None:

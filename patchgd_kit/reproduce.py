@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -29,8 +30,8 @@ from .data import UltraMNIST
 from .errors import KitError
 from .models import build_model
 from .profiles import Profile, get_profile, profile_dataset, profile_dir, runs_root
-from .results import PAPER, ZETA, RowResult, Table, is_finished, train_in_store, write_report
-from .train import TrainConfig, _atomic_write, _use_channels_last, resolve_device
+from .results import PAPER, ZETA, RowResult, Table, grad_accum_of, is_finished, train_in_store, write_report
+from .train import TrainConfig, atomic_write, use_channels_last, resolve_device
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -43,11 +44,8 @@ def _planner_args(settings: dict) -> dict:
             "budget": settings["memory_budget"], "amp": settings.get("amp", False),
             "num_classes": settings["num_classes"]}
     if settings["method"] == "patchgd":
-        grad_accum = settings.get("grad_accum", 1)
-        if grad_accum == ZETA:
-            grad_accum = TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_FIELDS and k != "grad_accum"}
-                                     ).schedule()[1]
-        args.update(patch_size=settings["patch_size"], sampling=settings["sampling"], grad_accum=grad_accum)
+        args.update(patch_size=settings["patch_size"], sampling=settings["sampling"],
+                    grad_accum=grad_accum_of(settings))
     return args
 
 
@@ -68,7 +66,7 @@ def paper_plan(settings: dict, cache: Path) -> dict:
                       "estimator": plan.estimator}
         cache.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(known, indent=1, sort_keys=True)
-        _atomic_write(cache, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(cache, lambda tmp: Path(tmp).write_text(text))
     return known[key]
 
 
@@ -150,7 +148,7 @@ def inference_speed(method: str, backbone: str, image_size: int, patch_size: int
                          device=device)
     dev = resolve_device(device)
     model = build_model(method, backbone, config.num_classes, image_size, patch_size).to(dev).eval()
-    if _use_channels_last(config, dev):  # as train() runs it
+    if use_channels_last(config, dev):  # as train() runs it
         model = model.to(memory_format=torch.channels_last)
     images = torch.randn(batch, 3, image_size, image_size, device=dev)
     predict = functools.partial(patchgd.predict, model) if method == "patchgd" else functools.partial(gd.predict, model)
@@ -257,7 +255,8 @@ def reproduce(profile: str | None = None, seeds: int | None = None, out: str | P
                       f"({', '.join(f'{k}={v!r}' for k, v in parameters.items())})", flush=True)
             began = time.perf_counter()
             try:
-                run_notebook(path, executed, parameters, cwd=folder, progress=progress)
+                run_notebook(path, executed, parameters, cwd=folder, progress=progress,
+                             echo=sys.stdout if progress else None)
             except PapermillExecutionError as e:
                 raise KitError(f"{path.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}; the partial "
                                f"notebook is {executed}; rerun to resume (finished runs are kept)") from e

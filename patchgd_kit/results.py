@@ -15,6 +15,7 @@ numbers beside the measured ones.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -25,7 +26,9 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .train import TrainConfig, _atomic_write, train
+from .memory import PaperRow
+from .patches import grid_shape, inner_iterations
+from .train import TrainConfig, atomic_write, train
 
 GiB = 2**30
 
@@ -155,6 +158,31 @@ FIGURE2 = {"table": "table1", "rows": ("gd_16gb", "patchgd_16gb", "gd_4gb", "pat
            "text_gaps": {"16GB": 4.0, "4GB": 13.0},
            "claims": PATCHGD_BEATS_GD + GAP_BY_BUDGET}
 OUTPUTS = ("figure2", *PAPER)  # what a full reproduction writes, in report order
+
+
+def grad_accum_of(settings: dict) -> int:
+    """ε of a row's settings (1 when unset), ZETA resolved to that row's ζ."""
+    eps = settings.get("grad_accum", 1)
+    if eps != ZETA:
+        return eps
+    cells = math.prod(grid_shape(settings["image_size"], settings["patch_size"]))
+    return inner_iterations(settings["sampling"], settings["max_sampled"], cells)
+
+
+def memory_rows() -> list[PaperRow]:
+    """Each distinct run configuration of every paper table, once per table, with the budgets the
+    paper gives it ("16, 4"): the rows of the planner's table (`patchgd_kit plan --table`)."""
+    budgets: dict[PaperRow, list[str]] = {}
+    for table in PAPER.values():
+        source = "Table " + table.name.removeprefix("table").replace("_", "/")
+        for row in table.rows:
+            s = table.settings(row)
+            patch = {"patch_size": s["patch_size"], "sampling": s["sampling"], "max_sampled": s["max_sampled"],
+                     "grad_accum": grad_accum_of(s)} if s["method"] == "patchgd" else {}
+            key = PaperRow(source, s["method"], s["backbone"], s["image_size"], amp=s.get("amp", False),
+                           num_classes=s["num_classes"], **patch)
+            budgets.setdefault(key, []).append(s["memory_budget"].removesuffix("GB"))
+    return [dataclasses.replace(row, paper_budget=", ".join(b)) for row, b in budgets.items()]
 
 
 # --- the store ------------------------------------------------------------------------------------
@@ -346,7 +374,7 @@ def orderings_markdown(results: list[RowResult], claims=None) -> str:
 
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def notes(results: list[RowResult]) -> str:
@@ -450,7 +478,7 @@ def save_figure(fig: Figure, folder: Path, name: str = "figure2") -> None:
     for suffix in ("png", "svg"):
         path = Path(folder) / f"{name}.{suffix}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda tmp: fig.savefig(tmp, format=suffix, dpi=150))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=suffix, dpi=150))
 
 
 def write_figure2(results: list[RowResult], folder: Path) -> Figure:

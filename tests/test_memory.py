@@ -11,6 +11,7 @@ from patchgd_kit import memory
 from patchgd_kit.cli import main
 from patchgd_kit.errors import KitError
 from patchgd_kit.models import LATENT_DIM
+from patchgd_kit.results import memory_rows
 
 MiB = 2**20
 
@@ -190,16 +191,21 @@ def test_train_records_the_plan_and_refuses_a_batch_over_budget(tmp_path):
 
 # ---- the paper's matrix and the CLI -----------------------------------------------------------
 
-def test_paper_rows_cover_tables_1_to_5():
-    sources = [row.source for row in memory.PAPER_ROWS]
-    assert [sources.count(f"Table {t}") for t in range(1, 6)] == [3, 3, 9, 6, 3]
-    assert all(row.paper_budget == "24" for row in memory.PAPER_ROWS if row.amp)
-    assert {row.grad_accum for row in memory.PAPER_ROWS if row.source == "Table 5"} == {1, 2, 4}
+def test_memory_rows_cover_every_paper_configuration_once():
+    rows = memory_rows()
+    sources = [row.source for row in rows]
+    assert [sources.count(f"Table {t}") for t in ("1", "2", "3", "4", "5/6")] == [3, 3, 9, 6, 3]
+    assert {row.paper_budget for row in rows if row.source in ("Table 1", "Table 2")} == {"16, 4"}
+    assert all(row.paper_budget == "24" for row in rows if row.amp)
+    assert {row.grad_accum for row in rows if row.source == "Table 5/6"} == {1, 2, 4}
+    # PANDA's PatchGD accumulates over all ζ inner iterations: 2048/128 at 10% is 256 cells, k 25, ζ 11
+    ablation = [row for row in rows if row.source == "Table 4"]
+    assert {(row.sampling, row.max_sampled, row.grad_accum) for row in ablation} >= {(0.1, 1.0, 11), (0.1, 0.3, 4)}
 
 
 def test_memory_table_marks_budgets_that_hold_no_batch():
     row = memory.PaperRow("test", "gd", "mobilenet_v2", 128)
-    cells = memory.memory_table(budgets=("520MB", "1GB"), rows=[row], workers=1)
+    cells = memory.memory_table([row], budgets=("520MB", "1GB"), workers=1)
     assert cells[0]["batch_size"] is None and cells[0]["needs_bytes"] > 0
     assert cells[1]["batch_size"] == memory.plan("gd", "mobilenet_v2", 128, "1GB").batch_size
     table = memory.format_table(cells)
