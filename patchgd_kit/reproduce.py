@@ -190,6 +190,16 @@ def paper_gpu_hours(results: list[RowResult]) -> tuple[float, str]:
     return seconds / 3600, basis
 
 
+def paper_hours_footer(results: list[RowResult]) -> str:
+    """The tables' closing line: the estimated A100 hours of these rows under the `paper` profile."""
+    hours, basis = paper_gpu_hours(results)
+    coarser = any(r.config.method == "patchgd" and r.config.image_size // r.config.patch_size
+                  < r.table.settings(r.row)["image_size"] // r.table.settings(r.row)["patch_size"] for r in results)
+    bound = (" The scaled PatchGD runs have coarser patch grids than the paper's, so read it as a lower bound."
+             if coarser else "")
+    return f"**The paper profile** (these rows, one seed): about {hours:.0f} A100 hours ({basis}).{bound}\n"
+
+
 # --- every notebook, headless -----------------------------------------------------------------------
 
 def numbered_notebooks(folder: Path = NOTEBOOKS, only: list[str] | None = None) -> list[Path]:

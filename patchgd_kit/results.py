@@ -377,6 +377,13 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def _accuracy_range(accuracies: list[float]) -> str:
+    low, high = f"{min(accuracies):.1f}%", f"{max(accuracies):.1f}%"
+    if low == high:
+        return f"every measured accuracy here is {low}"
+    return f"the measured accuracies here range from {low} to {high}"
+
+
 def notes(results: list[RowResult]) -> str:
     """What the columns mean, how this scale differs from the paper's, and the table's own note."""
     table, first = results[0].table, results[0]
@@ -395,8 +402,7 @@ def notes(results: list[RowResult]) -> str:
         f"- measured: {', '.join(METRIC_NAMES[m] for m in table.metrics)} after the last epoch"
         + (f", mean ± std over {seeds} seeds" if seeds > 1 else ", one seed"),
         f"- guessing one of the {first.config.num_classes} classes scores {100 / first.config.num_classes:.0f}%; "
-        "the measured accuracies here range from "
-        + " to ".join(f"{f(statistics.fmean(r.values('accuracy')) for r in results):.1f}%" for f in (min, max)),
+        + _accuracy_range([statistics.fmean(r.values("accuracy")) for r in results]),
         f"- scale: {scale}",
         f"- batch and k: the memory planner's answer at the paper's scale ({planned})"
         + ("; capped by this profile's largest batch and by its training set where shown smaller" if capped

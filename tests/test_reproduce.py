@@ -127,3 +127,18 @@ def test_paper_gpu_hours_scale_the_papers_a100_speed_by_measured_ratios(monkeypa
     expected = paper.epochs * 10 * (paper.per_class_train / (gpu_eval / 2) + paper.per_class_test / gpu_eval)
     assert hours == pytest.approx(expected / 3600)
     assert basis.startswith("estimated, not measured")
+
+
+def test_paper_hours_footer_calls_a_coarser_patch_grid_a_lower_bound(monkeypatch):
+    monkeypatch.setattr(reproduce, "paper_gpu_hours", lambda results: (12.3, "estimated, not measured"))
+    run = {"history": [], "final": {}}
+
+    def footer(table_name, row_id, image_size, patch_size):
+        table = PAPER[table_name]
+        config = reproduce.TrainConfig(method="patchgd", image_size=image_size, patch_size=patch_size, num_classes=6)
+        return reproduce.paper_hours_footer([RowResult(table, table.row(row_id), config, FAKE_PLAN, "", [run])])
+
+    same_grid = footer("table5_6", "eps1", 64, 32)  # 2×2, as the paper's 512/256
+    assert same_grid.startswith("**The paper profile**") and "about 12 A100 hours" in same_grid
+    assert "lower bound" not in same_grid
+    assert "lower bound" in footer("table4", "s10_m100", 128, 32)  # 4×4 where the paper has 16×16
