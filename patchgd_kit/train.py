@@ -1,8 +1,8 @@
 """Training runs: one folder per run, checkpointed every epoch, resumed by rerunning.
 
 A run folder holds `config.json`, `metrics.jsonl` (one line per finished epoch), `checkpoint.pt`
-(model, optimizer, scheduler, scaler, RNG states and the history; written atomically) and, once
-finished, `summary.json`. Rerunning with the same config resumes from the checkpoint or, when the
+(model, optimizer, scheduler, scaler, RNG states and the history; written atomically; once the run
+is finished, the model and the history only) and, once finished, `summary.json`. Rerunning with the same config resumes from the checkpoint or, when the
 run is finished, returns its saved metrics; a different config in the same folder is refused.
 """
 from __future__ import annotations
@@ -344,6 +344,10 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
 
     result = {"run_dir": str(out), "config": config.key(), "history": history, "final": history[-1]}
     write_json(summary, result)
+    # A finished run is read back, never resumed: keep its weights and history, not the optimizer's
+    # moments (two thirds of a ResNet50 checkpoint). After the summary, so a kill in between loses nothing.
+    final = {"model": model.state_dict(), "history": history, "config": config.key()}
+    atomic_write(checkpoint, lambda tmp: torch.save(final, tmp))
     return result
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from patchgd_kit.errors import KitError
 from patchgd_kit.train import TrainConfig, evaluate_run, lr_lambda, train
@@ -42,6 +43,10 @@ def test_finished_run_is_read_back_not_redone(tiny_data, tmp_path):
     again = train(config, tmp_path / "run", progress=False)
     assert again["final"] == first["final"]
     assert (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns == mtime
+    # the finished checkpoint keeps the weights, not the optimizer's state, and still evaluates
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert set(state) == {"model", "history", "config"}
+    assert evaluate_run(tmp_path / "run", device="cpu")["accuracy"] == first["final"]["accuracy"]
 
 
 def test_a_different_config_in_the_same_folder_is_refused(tiny_data, tmp_path):
