@@ -45,7 +45,7 @@ import torch
 from . import gd, patchgd
 from .errors import KitError
 from .models import build_model
-from .patches import grid_shape, inner_iterations, patches_per_iteration
+from .patches import grid_shape, patches_per_iteration
 
 GiB = 2**30
 CUDA_CONTEXT_BYTES = 512 * 2**20  # 0.3-0.5 GB on current GPUs, outside the caching allocator

@@ -30,7 +30,7 @@ from .data import UltraMNIST
 from .errors import KitError
 from .models import build_model
 from .profiles import Profile, get_profile, profile_dataset, profile_dir, runs_root
-from .results import PAPER, ZETA, RowResult, Table, grad_accum_of, is_finished, train_in_store, write_report
+from .results import PAPER, RowResult, Table, grad_accum_of, is_finished, train_in_store, write_report
 from .train import TrainConfig, atomic_write, use_channels_last, resolve_device
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -94,9 +94,8 @@ def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[Trai
     test_images = len(UltraMNIST(scaled["data"], "test", cache=False))
     batch = min(plan["batch_size"], profile.max_batch_size or plan["batch_size"], train_images)
     fields = {k: v for k, v in {**settings, **scaled}.items() if k in TRAIN_FIELDS}
+    fields["grad_accum"] = grad_accum_of(fields)  # ε = ζ of the scaled grid
     config = TrainConfig(**{**fields, "batch_size": batch, "seed": seed, "weights": profile.weights})
-    if config.grad_accum == ZETA:
-        config = dataclasses.replace(config, grad_accum=config.schedule()[1])
     config.validate()
     patch = f", patch {config.patch_size}" if config.method == "patchgd" else ""
     scale = (f"{config.image_size} px{patch}; {train_images} train / {test_images} test images; "
