@@ -138,13 +138,16 @@ def draw_scale_factors(rng: np.random.Generator, n: int,
     return np.where((factors == 1) & halve, 0.5, factors)
 
 
-def digit_side(factor: float, image_size: int) -> int:
-    """Side in px of a digit of scale factor f on an image_size canvas (28·f at 512)."""
-    return max(MIN_DIGIT_SIDE, round(28 * factor * image_size / REFERENCE_SIZE))
+def digit_side(factor: float, image_size: int, min_side: int = MIN_DIGIT_SIDE) -> int:
+    """Side in px of a digit of scale factor f on an image_size canvas (28·f at 512), at least
+    `min_side` (the kit's floor for small canvases: the recipe's 4 px digits at 128 px are
+    unreadable, so the label is often not in the image; the size mix above the floor is kept)."""
+    return max(min_side, round(28 * factor * image_size / REFERENCE_SIZE))
 
 
-def _upscale(digit: np.ndarray, side: int) -> np.ndarray:
-    # Nearest neighbour by index arithmetic: output pixel i copies the source pixel at its centre.
+def upscale(digit: np.ndarray, side: int) -> np.ndarray:
+    """A 28 px digit at `side` px, nearest neighbour (the recipe's)."""
+    # By index arithmetic: output pixel i copies the source pixel at its centre.
     idx = (2 * np.arange(side) + 1) * digit.shape[0] // (2 * side)
     return digit[np.ix_(idx, idx)]
 
@@ -167,11 +170,11 @@ def _place(rng: np.random.Generator, sides, image_size: int):
 
 
 def generate_image(rng: np.random.Generator, pool, label: int, image_size: int,
-                   scale_range: tuple[int, int] | None = None):
+                   scale_range: tuple[int, int] | None = None, min_digit_side: int = MIN_DIGIT_SIDE):
     """One UltraMNIST image: (uint8 [S,S], digits list[int], boxes list[[x0,y0,x1,y1]]).
 
     ``pool`` is (images [N,28,28], labels [N]) from load_digit_pools; ``scale_range`` restricts
-    the scale factors (see draw_scale_factors).
+    the scale factors (see draw_scale_factors); ``min_digit_side`` floors the digit side (digit_side).
     """
     if label not in MULTISETS:
         raise KitError(f"label {label!r} is not a class; allowed: 0..{NUM_CLASSES - 1}")
@@ -185,7 +188,8 @@ def generate_image(rng: np.random.Generator, pool, label: int, image_size: int,
             raise KitError(f"the digit pool has no image of digit {d}; a pool needs all of 0..9")
         sources.append(images[candidates[rng.integers(len(candidates))]])
     for _ in range(LAYOUT_RESTARTS):
-        sides = [digit_side(f, image_size) for f in draw_scale_factors(rng, len(digits), scale_range)]
+        sides = [digit_side(f, image_size, min_digit_side)
+                 for f in draw_scale_factors(rng, len(digits), scale_range)]
         boxes = _place(rng, sides, image_size)
         if boxes is not None:
             break
@@ -196,7 +200,7 @@ def generate_image(rng: np.random.Generator, pool, label: int, image_size: int,
     # Pixels are added, then clipped, as the recipe says (with disjoint boxes the clip never bites).
     canvas = np.zeros((image_size, image_size), np.uint16)
     for digit, side, (x0, y0, x1, y1) in zip(sources, sides, boxes, strict=True):
-        canvas[y0:y1, x0:x1] += _upscale(digit, side)
+        canvas[y0:y1, x0:x1] += upscale(digit, side)
     return np.minimum(canvas, 255).astype(np.uint8), digits, boxes
 
 
@@ -219,9 +223,9 @@ def kit_version() -> str:
 _worker = {}
 
 
-def _init_worker(pool, folder: str, image_size: int, seed: int, split_id: int) -> None:
+def _init_worker(pool, folder: str, image_size: int, seed: int, split_id: int, min_digit_side: int) -> None:
     _worker.update(pool=pool, folder=Path(folder), image_size=image_size, seed=seed,
-                   split_id=split_id)
+                   split_id=split_id, min_digit_side=min_digit_side)
 
 
 def _write_one(index: int) -> dict:
@@ -230,7 +234,8 @@ def _write_one(index: int) -> dict:
     w = _worker
     rng = np.random.default_rng([w["seed"], w["split_id"], index])
     label = index % NUM_CLASSES
-    image, digits, boxes = generate_image(rng, w["pool"], label, w["image_size"])
+    image, digits, boxes = generate_image(rng, w["pool"], label, w["image_size"],
+                                          min_digit_side=w["min_digit_side"])
     name = f"images/{index:06d}.png"
     # uint8 2-D arrays become grey ("L") PNGs; level 1 encodes ~1.6x faster than the default
     # and still shrinks the mostly black images well.
@@ -249,10 +254,11 @@ def _read_card(folder: Path) -> dict:
 
 def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: int,
                    source: str = "bundled", root=None, workers: int | None = None,
-                   progress: bool = True, download: bool = False) -> Path:
+                   progress: bool = True, download: bool = False, min_digit_side: int = MIN_DIGIT_SIDE) -> Path:
     """Write ``out_dir/<split>/`` (per_class images of each class) and return its path.
 
-    ``source``, ``root`` and ``download`` pick the digit pool (see load_digit_pools).
+    ``source``, ``root`` and ``download`` pick the digit pool (see load_digit_pools);
+    ``min_digit_side`` floors the digit side in px (the recipe: 4).
 
     A complete split with the same parameters is kept as it is (a rerun skips what is done); one
     with other parameters is refused, never mixed.
@@ -262,12 +268,18 @@ def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: i
     per_class = check_int("per_class", per_class, 1)
     image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE)
     seed = check_int("seed", seed, 0)
+    min_digit_side = check_int("min_digit_side", min_digit_side, MIN_DIGIT_SIDE)
+    if min_digit_side > image_size // 3:
+        raise KitError(f"min_digit_side {min_digit_side} is too large for {image_size} px images; allowed: "
+                       f"{MIN_DIGIT_SIDE}..{image_size // 3}")
     workers = check_int("workers", min(2, os.cpu_count() or 1) if workers is None else workers, 1)
     if source not in ("bundled", "torchvision"):
         raise KitError(f"unknown digit source {source!r}; allowed: 'bundled', 'torchvision'")
 
     params = {"split": split, "per_class": per_class, "image_size": image_size, "seed": seed,
               "source": source, "recipe_version": RECIPE_VERSION}
+    if min_digit_side != MIN_DIGIT_SIDE:  # recorded only when set, so existing splits stay valid
+        params["min_digit_side"] = min_digit_side
     out_dir = Path(out_dir)
     final = out_dir / split
     if final.exists():
@@ -288,7 +300,7 @@ def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: i
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "images").mkdir(parents=True)
     try:
-        init_args = (pool, str(tmp), image_size, seed, SPLITS.index(split))
+        init_args = (pool, str(tmp), image_size, seed, SPLITS.index(split), min_digit_side)
         bar = dict(total=total, desc=f"UltraMNIST {split} {image_size}px", disable=not progress)
         if workers == 1:
             _init_worker(*init_args)
@@ -314,7 +326,7 @@ def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: i
                           "one random pool image per digit",
                 "scale_factors": SCALE_FACTORS.tolist(),
                 "scale_weights": SCALE_WEIGHTS.round(6).tolist(),
-                "digit_side": f"max({MIN_DIGIT_SIDE}, round(28 * f * image_size / "
+                "digit_side": f"max({min_digit_side}, round(28 * f * image_size / "
                               f"{REFERENCE_SIZE})), nearest neighbour; f = 1 becomes f = 0.5 "
                               f"with probability {HALF_SIZE_PROB}",
                 "placement": f"uniform, inside the image, no two boxes intersect; "
@@ -335,17 +347,18 @@ def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: i
 
 def ensure_dataset(root, image_size: int, per_class_train: int, per_class_test: int, seed: int,
                    source: str = "bundled", mnist_root=None, workers: int | None = None,
-                   progress: bool = True, download: bool = False) -> Path:
+                   progress: bool = True, download: bool = False, min_digit_side: int = MIN_DIGIT_SIDE) -> Path:
     """Generate the train and test splits if missing and return the dataset folder.
 
     The folder is a subfolder of ``root`` named by the parameters, so datasets of different
     profiles live side by side and a rerun finds (and skips) what it made before.
     """
-    name = f"ultramnist_{image_size}px_{per_class_train}-{per_class_test}pc_seed{seed}_{source}"
+    floor = f"_min{min_digit_side}px" if min_digit_side != MIN_DIGIT_SIDE else ""
+    name = f"ultramnist_{image_size}px_{per_class_train}-{per_class_test}pc_seed{seed}_{source}{floor}"
     folder = Path(root) / name
     for split, per_class in (("train", per_class_train), ("test", per_class_test)):
         generate_split(folder, split, per_class, image_size, seed, source, mnist_root, workers,
-                       progress, download)
+                       progress, download, min_digit_side)
     return folder
 
 

@@ -97,8 +97,8 @@ def test_generate_image_places_nearest_neighbour_digits_on_black(pools):
         assert np.array_equal(image, np.where(lit, 100, 0))
     # A real digit enlarged by an integer factor is that digit with each pixel repeated.
     digit = pools["train"][0][0]
-    assert np.array_equal(data._upscale(digit, 84), digit.repeat(3, 0).repeat(3, 1))
-    assert np.array_equal(data._upscale(digit, 14), digit[1::2, 1::2])  # centre of each 2x2
+    assert np.array_equal(data.upscale(digit, 84), digit.repeat(3, 0).repeat(3, 1))
+    assert np.array_equal(data.upscale(digit, 14), digit[1::2, 1::2])  # centre of each 2x2
 
 
 def test_crowded_canvas_fails_clearly(pools):
@@ -158,10 +158,10 @@ def test_interrupted_generation_leaves_no_split(tmp_path, monkeypatch, interrupt
     calls = itertools.count()
     real = data.generate_image
 
-    def flaky(*args):
+    def flaky(*args, **kwargs):
         if next(calls) == 5:
             raise interrupt("stop")
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(data, "generate_image", flaky)
     with pytest.raises(interrupt):
@@ -276,3 +276,12 @@ def test_dataset_rejects_missing_parts(tmp_path):
     (folder / "card.json").unlink()
     with pytest.raises(KitError, match="card.json"):
         UltraMNIST(tmp_path)
+
+
+def test_a_digit_floor_draws_small_digits_at_the_floor_and_keeps_the_rest():
+    pool = load_digit_pools("bundled")["train"]
+    sides = [x1 - x0 for seed in range(40)
+             for x0, _, x1, _ in generate_image(np.random.default_rng(seed), pool, seed % 10, 128,
+                                                min_digit_side=24)[2]]
+    assert min(sides) == 24 and {28, 63} & set(sides)  # f <= 3 at the floor; larger digits as the recipe
+    assert set(sides) <= {24, 28, 35, 42, 49, 56, 63}
