@@ -44,6 +44,31 @@ def run_generate(args) -> None:
         print(f"{split}: {path}")
 
 
+def add_pretrain(sub) -> None:
+    from .pretrain import DEFAULT_STEPS
+    p = sub.add_parser("pretrain", help="pretrain a backbone on the bundled MNIST digits (offline stand-in for ImageNet)",
+                       description="Train a torchvision backbone on a digit-recognition pretext task made from the "
+                                   "bundled MNIST digits (train pool only) and write its trunk; `train --weights "
+                                   "FILE` loads it for gd, gd-extended and patchgd. The same seed gives the same file.")
+    p.add_argument("--backbone", required=True, help="resnet50 | mobilenet_v2")
+    p.add_argument("--image-size", type=int, required=True, help="image side of the runs it is for (digit sizes scale with it)")
+    p.add_argument("--crop-size", type=int, default=None, help="crop side seen by the backbone (default: half the image, the 2×2 grid's patch)")
+    p.add_argument("--min-digit-side", type=int, default=None, help="digit side floor in px, as the data's (default: the recipe's 4)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps of 64 crops")
+    p.add_argument("--seed", type=int, default=0, help="random seed (init and crops)")
+    p.add_argument("--out", required=True, help="weights file to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_pretrain(args) -> None:
+    from .data import MIN_DIGIT_SIDE
+    from .pretrain import pretrain_backbone
+    card = pretrain_backbone(args.backbone, args.image_size, args.crop_size or args.image_size // 2, args.out,
+                             steps=args.steps, seed=args.seed, min_digit_side=args.min_digit_side or MIN_DIGIT_SIDE,
+                             progress=not args.quiet)
+    print(json.dumps(card, indent=2))
+
+
 def add_train(sub) -> None:
     from .train import TrainConfig
     d = TrainConfig()
@@ -179,7 +204,8 @@ def run_reproduce(args) -> None:
     reproduce(args.profile, args.seeds, args.out, only=args.only.split(",") if args.only else None)
 
 
-COMMANDS = {"generate": (add_generate, run_generate), "train": (add_train, run_train),
+COMMANDS = {"generate": (add_generate, run_generate), "pretrain": (add_pretrain, run_pretrain),
+            "train": (add_train, run_train),
             "evaluate": (add_evaluate, run_evaluate), "plan": (add_plan, run_plan),
             "reproduce": (add_reproduce, run_reproduce)}
 

@@ -42,9 +42,37 @@ def torchvision_model(backbone: str, weights: str | None = None) -> nn.Module:
     if not path.is_file():
         raise KitError(f"weights {weights!r} is neither 'none', 'imagenet' nor an existing file")
     model = ctor(weights=None)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    load_trunk(model, backbone, path)
     return model
+
+
+def load_trunk(model: nn.Module, backbone: str, path: Path) -> None:
+    """Load a state-dict file into a torchvision `backbone`: a whole model's (ImageNet's) or a trunk's
+    (`patchgd_kit pretrain` writes {"state_dict": trunk, ...}); only the classifier may be absent."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise KitError(f"weights file {path} is not a readable torch state dict ({type(e).__name__}); "
+                       "allowed: a file from `python -m patchgd_kit pretrain` or a torchvision state dict") from e
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise KitError(f"weights file {path} holds no state dict of tensors")
+    own = model.state_dict()
+    prefix = classifier_prefix(backbone)
+    missing = [k for k in own if k not in state and not k.startswith(prefix)]
+    unexpected = [k for k in state if k not in own]
+    misshapen = [k for k in state if k in own and state[k].shape != own[k].shape and not k.startswith(prefix)]
+    if missing or unexpected or misshapen:
+        wrong = missing or unexpected or misshapen
+        raise KitError(f"weights file {path} does not fit torchvision's {backbone}: {len(missing)} missing, "
+                       f"{len(unexpected)} unexpected, {len(misshapen)} misshapen keys (first: {wrong[0]!r})")
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefix)
+                           or v.shape == own[k].shape}, strict=False)
+
+
+def classifier_prefix(backbone: str) -> str:
+    """State-dict prefix of the torchvision model's classifier, which every method replaces."""
+    return {"resnet50": "fc.", "mobilenet_v2": "classifier."}[backbone]
 
 
 def _features(model: nn.Module, backbone: str) -> tuple[nn.Module, int]:
@@ -55,7 +83,7 @@ def _features(model: nn.Module, backbone: str) -> tuple[nn.Module, int]:
     return model.features, model.last_channel
 
 
-def _set_classifier(model: nn.Module, backbone: str, out_features: int) -> None:
+def set_classifier(model: nn.Module, backbone: str, out_features: int) -> None:
     if backbone == "resnet50":
         model.fc = nn.Linear(model.fc.in_features, out_features)
     else:
@@ -69,7 +97,7 @@ class PatchEncoder(nn.Module):
         super().__init__()
         model = torchvision_model(backbone, weights)
         if backbone == "resnet50":
-            _set_classifier(model, backbone, latent_dim)  # the official code: fc → Linear(2048, 256)
+            set_classifier(model, backbone, latent_dim)  # the official code: fc → Linear(2048, 256)
             self.net = model
         else:
             # MobileNetV2's classifier is Dropout + Linear; the paper has no MobileNetV2 code, so the
@@ -146,7 +174,7 @@ def build_model(method: str, backbone: str, num_classes: int, image_size: int,
     if method == "gd-extended":
         return GDExtended(backbone, num_classes, image_size, weights)
     model = torchvision_model(backbone, weights)
-    _set_classifier(model, backbone, num_classes)
+    set_classifier(model, backbone, num_classes)
     return model
 
 

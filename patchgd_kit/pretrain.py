@@ -1,0 +1,117 @@
+"""A digits-pretrained backbone: the kit's offline stand-in for ImageNet initialisation.
+
+The paper starts every backbone from ImageNet weights, and its low-memory UltraMNIST PatchGD runs
+from a backbone first trained with GD for 100 epochs (Appendix C). Neither exists offline, and a
+randomly initialised backbone does not learn the sum-of-digits task in the CPU profile's few
+optimizer steps (docs/cpu-scale.md). So the kit makes its own init, once per profile, from the
+bundled MNIST digits:
+
+- the pretext task is recognition, not the sum: as ImageNet classification shows one object per
+  image, a crop of the patch size shows one MNIST digit at the profile's digit sizes (the recipe's
+  scale factors, the same floor) at a random place, and the torchvision model names it (10 classes).
+  Adding digits up is left to the downstream run;
+- crops use the *train* digit pool only, so no test digit is ever seen;
+- every batch comes from a random stream derived from (seed, step), so the same seed gives the same
+  weights (on the same machine and torch build).
+
+The file holds the trunk (everything but the classifier) and a card with the pretext's scores;
+``models.torchvision_model(backbone, weights=FILE)`` loads it for gd, gd-extended and patchgd alike.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import MIN_DIGIT_SIDE, NUM_CLASSES, digit_side, draw_scale_factors, normalize_uint8, load_digit_pools, upscale
+from .errors import KitError
+from .models import classifier_prefix, set_classifier, torchvision_model
+from .train import atomic_write
+
+DEFAULT_STEPS = 1000
+
+
+def digit_crops(rng: np.random.Generator, pool, image_size: int, crop_size: int, n: int,
+                min_digit_side: int = MIN_DIGIT_SIDE) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` black crop_size crops, each with one pool digit drawn at an UltraMNIST digit size for
+    `image_size` (at most the crop) at a random place: uint8 (n, c, c) and the digits (n,)."""
+    images, labels = pool
+    crops = np.zeros((n, crop_size, crop_size), np.uint8)
+    picks = rng.integers(0, len(labels), n)
+    sides = [min(crop_size, digit_side(f, image_size, min_digit_side)) for f in draw_scale_factors(rng, n)]
+    for crop, pick, side in zip(crops, picks, sides):
+        x, y = rng.integers(0, crop_size - side + 1, size=2)
+        crop[y:y + side, x:x + side] = upscale(images[pick], side)
+    return torch.from_numpy(crops), torch.from_numpy(labels[picks])
+
+
+def pretrain_backbone(backbone: str, image_size: int, crop_size: int, out: str | Path, *, steps: int = DEFAULT_STEPS,
+                      batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                      min_digit_side: int = MIN_DIGIT_SIDE, test_crops: int = 1024,
+                      progress: bool = True) -> dict:
+    """Train `backbone` to name the digit in a crop and write its trunk to `out` (atomically).
+    An existing file made with the same settings is kept and its card returned."""
+    out = Path(out)
+    settings = {"backbone": backbone, "image_size": image_size, "crop_size": crop_size, "steps": steps,
+                "batch_size": batch_size, "lr": lr, "seed": seed, "min_digit_side": min_digit_side}
+    if out.is_file():
+        card = load_weights_card(out)
+        if card.get("settings") == settings:
+            return card
+        raise KitError(f"{out} holds weights pretrained with other settings ({card.get('settings')}); "
+                       "use another --out or delete it")
+    if not 1 <= crop_size <= image_size:
+        raise KitError(f"crop size {crop_size} must be between 1 and the image size {image_size}")
+    torch.manual_seed(seed)
+    pools = load_digit_pools("bundled")
+    model = torchvision_model(backbone)
+    set_classifier(model, backbone, NUM_CLASSES)
+    channels_last = backbone == "mobilenet_v2"  # measured 1.4-3.2x faster on CPU (SPEC §7)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # Linear warm-up over 5% of the steps, then linear decay to a tenth.
+    warm = max(1, steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: s / warm if s < warm else 1 - 0.9 * (s - warm) / max(1, steps - warm))
+    start, losses = time.perf_counter(), []
+    model.train()
+    for step in tqdm(range(steps), desc=f"pretrain {backbone} on digit crops", disable=not progress):
+        crops, digits = digit_crops(np.random.default_rng([seed, step]), pools["train"], image_size, crop_size,
+                                    batch_size, min_digit_side)
+        x = normalize_uint8(crops)
+        loss = torch.nn.functional.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)
+                                                       if channels_last else x), digits)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+    crops, digits = digit_crops(np.random.default_rng([seed, 2**31]), pools["test"], image_size, crop_size,
+                                test_crops, min_digit_side)
+    model.eval()
+    with torch.no_grad():
+        predicted = torch.cat([model(normalize_uint8(c)) for c in crops.split(256)])
+    card = {"settings": settings, "seconds": round(time.perf_counter() - start, 1),
+            "train_loss_first_50": float(np.mean(losses[:50])), "train_loss_last_50": float(np.mean(losses[-50:])),
+            "test_crops": test_crops, "digit_accuracy_pct": float((predicted.argmax(1) == digits).float().mean() * 100),
+            "what": "digits-pretrained trunk (one test-pool digit per crop, named among 10), the kit's stand-in "
+                    "for ImageNet init"}
+    prefix = classifier_prefix(backbone)
+    trunk = {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: torch.save({"backbone": backbone, "state_dict": trunk, "card": card}, tmp))
+    return card
+
+
+def load_weights_card(path: str | Path) -> dict:
+    """The card of a weights file written by pretrain_backbone ({} for a plain state dict)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise KitError(f"weights file {path} is not a readable torch file ({type(e).__name__}); "
+                       "make it again with `python -m patchgd_kit pretrain`") from e
+    return saved.get("card", {}) if isinstance(saved, dict) else {}
