@@ -23,11 +23,13 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from .memory import PaperRow
 from .patches import grid_shape, inner_iterations
+from .pretrain import load_weights_card
 from .train import TrainConfig, atomic_write, train
 
 GiB = 2**30
@@ -71,7 +73,18 @@ ULTRAMNIST_512 = {"image_size": 512, "patch_size": 256, "sampling": 0.25, "max_s
                   "num_classes": 10}
 PANDA_BASE = {"num_classes": 6, "max_sampled": 1.0, "epochs": 100}
 ZETA = "zeta"  # grad_accum = ζ: one optimizer step per batch (the paper's PANDA runs, Appendix C)
-INIT = {None: "random", "imagenet": "ImageNet"}
+INIT = {None: "random", "none": "random", "imagenet": "ImageNet"}
+
+
+def init_name(weights: str | None) -> str:
+    """How a run's backbone started, in words: random, ImageNet, or the kit's digits-pretrained trunk."""
+    if weights in INIT:
+        return INIT[weights]
+    card = load_weights_card(weights) if Path(weights).is_file() else {}
+    if "digit_accuracy_pct" in card:
+        return (f"digits-pretrained ({card['digit_accuracy_pct']:.0f}% on held-out digits; the kit's stand-in "
+                "for ImageNet)")
+    return f"from {Path(weights).name}"
 
 
 def _method_rows(backbone: str, accuracies: dict[str, float]) -> tuple[Row, ...]:
@@ -270,7 +283,7 @@ def table_frame(results: list[RowResult]) -> pd.DataFrame:
                      "batch": r.config.batch_size, "k": k, "images/s": r.mean_over_epochs("train_images_per_s"),
                      "peak GiB estimated at paper scale": r.plan["estimated_peak_bytes"] / GiB,
                      "peak GiB measured (CUDA)": _peak_measured(r), "scale": r.scale,
-                     "init": INIT.get(r.config.weights, r.config.weights)})
+                     "init": init_name(r.config.weights)})
         lines.append(line)
     return pd.DataFrame(lines).astype({"k": "Int64"})  # k is blank for GD rows, an integer for PatchGD
 
@@ -319,6 +332,33 @@ def _sampling_variance(term: Term, results: dict[str, RowResult]) -> float:
     return sum(_sampling_variance(t, results) for t in term)
 
 
+BOOTSTRAP_SAMPLES = 4000
+BOOTSTRAP_SEED = 0  # the same resamples every time: a rerun writes the same intervals
+
+
+def _bootstrap_accuracies(results: dict[str, RowResult]) -> dict[str, np.ndarray] | None:
+    """Per row, BOOTSTRAP_SAMPLES accuracies (%) over test images drawn with replacement. Rows
+    evaluated on the same test images (the same labels in the same order) share the draws, so a
+    difference between them is a paired comparison; an image counts as the fraction of seeds that
+    got it right. None when a run did not keep its predictions (a store older than the bootstrap)."""
+    if any("test_predictions" not in run for r in results.values() for run in r.runs):
+        return None
+    rng, draws, samples = np.random.default_rng(BOOTSTRAP_SEED), {}, {}
+    for row_id, r in results.items():
+        labels = tuple(r.runs[0]["test_labels"])
+        if labels not in draws:
+            draws[labels] = rng.integers(0, len(labels), size=(BOOTSTRAP_SAMPLES, len(labels)))
+        correct = np.mean([np.equal(run["test_predictions"], run["test_labels"]) for run in r.runs], axis=0)
+        samples[row_id] = correct[draws[labels]].mean(axis=1) * 100
+    return samples
+
+
+def _term_samples(term: Term, samples: dict[str, np.ndarray]) -> np.ndarray:
+    if isinstance(term, str):
+        return samples[term]
+    return _term_samples(term[0], samples) - _term_samples(term[1], samples)
+
+
 def _term_name(term: Term, results: dict[str, RowResult]) -> str:
     if isinstance(term, str):
         row = results[term].row
@@ -335,11 +375,14 @@ def _term_name(term: Term, results: dict[str, RowResult]) -> str:
 
 def orderings(results: list[RowResult], claims=None) -> list[dict]:
     """Each ordering the paper reports (its table's claims, or `claims`), checked on the measured
-    means: the margin (> 0: it holds), and the noise it should be read against: the spread over
-    seeds and twice the standard error that the test set's size alone gives an accuracy."""
+    means: the margin (> 0: it holds) and the noise it is read against. `ci95` is the 95% interval
+    of the margin from a paired bootstrap over the test images (None for runs stored without their
+    predictions); `within_noise` is true when that interval holds 0 (without it: when the margin is
+    below twice the test set's binomial standard error), or below the spread over seeds."""
     table = results[0].table
     by_id = {r.row.id: r for r in results}
     metric = table.metrics[0]
+    samples = _bootstrap_accuracies(by_id) if metric == "accuracy" else None
     checked = []
     for left, right in claims or table.claims:
         (pl, ml), (pr, mr) = _term_values(left, by_id, metric), _term_values(right, by_id, metric)
@@ -347,26 +390,47 @@ def orderings(results: list[RowResult], claims=None) -> list[dict]:
             (left, pl, ml), (right, pr, mr) = (right, pr, mr), (left, pl, ml)
         margin, seed_std = mean_std([a - b for a, b in zip(ml, mr)])
         test_noise = 2 * math.sqrt(_sampling_variance(left, by_id) + _sampling_variance(right, by_id))
+        ci95 = None
+        if samples is not None:
+            spread = _term_samples(left, samples) - _term_samples(right, samples)
+            ci95 = tuple(float(v) for v in np.percentile(spread, [2.5, 97.5]))
+        undecided = ci95[0] <= 0 <= ci95[1] if ci95 else abs(margin) < test_noise  # NaN: False
         checked.append({"claim": f"{_term_name(left, by_id)} > {_term_name(right, by_id)}",
                         "paper": (pl, pr), "measured": (statistics.fmean(ml), statistics.fmean(mr)),
-                        "margin": margin, "seed_std": seed_std, "test_noise": test_noise,
-                        "within_noise": any(abs(margin) < noise for noise in (seed_std, test_noise))})  # NaN: False
+                        "margin": margin, "seed_std": seed_std, "test_noise": test_noise, "ci95": ci95,
+                        "within_noise": undecided or margin == 0 or abs(margin) < seed_std})
     return checked
 
 
+def _verdict(c: dict) -> str:
+    """"holds", "does not hold" or "tie", and whether beyond the noise."""
+    verdict = "holds" if c["margin"] > 0 else "tie" if c["margin"] == 0 else "does not hold"
+    if not c["within_noise"]:
+        return f"**{verdict}** beyond the noise"
+    return f"**{verdict}**, within the noise"
+
+
+def _noise_text(c: dict) -> str:
+    parts = []
+    if c["ci95"]:
+        parts.append(f"paired bootstrap 95% interval of the margin [{c['ci95'][0]:+.1f}, {c['ci95'][1]:+.1f}]")
+    elif not math.isnan(c["test_noise"]):
+        parts.append(f"test-set sampling ±{c['test_noise']:.1f}")
+    if not math.isnan(c["seed_std"]):
+        parts.append(f"seeds ±{c['seed_std']:.1f}")
+    return "; ".join(parts)
+
+
 def orderings_markdown(results: list[RowResult], claims=None) -> str:
-    checked, lines = orderings(results, claims), []
-    for c in checked:
-        verdict = "holds" if c["margin"] > 0 else "tie" if c["margin"] == 0 else "does not hold"
-        noise = ", ".join(f"{what} ±{value:.1f}" for what, value in (("test-set sampling", c["test_noise"]),
-                                                                    ("seeds", c["seed_std"])) if not math.isnan(value))
-        noise = f" (margin {abs(c['margin']):.1f} within the noise: {noise})" if c["within_noise"] else ""
-        lines.append(f"- {c['claim']}: paper {c['paper'][0]:.1f} > {c['paper'][1]:.1f}; measured "
-                     f"{c['measured'][0]:.1f} vs {c['measured'][1]:.1f}: **{verdict}**{noise}")
-    held, noisy = sum(c["margin"] > 0 for c in checked), sum(c["within_noise"] for c in checked)
-    summary = f"{held} of {len(lines)} of the paper's orderings hold at this scale"
-    if noisy:
-        summary += f"; {noisy} of the {len(lines)} margins are within the noise, so they decide little"
+    checked = orderings(results, claims)
+    lines = [f"- {c['claim']}: paper {c['paper'][0]:.1f} > {c['paper'][1]:.1f}; measured "
+             f"{c['measured'][0]:.1f} vs {c['measured'][1]:.1f}, margin {c['margin']:+.1f}: {_verdict(c)}"
+             + (f" ({_noise_text(c)})" if _noise_text(c) else "") for c in checked]
+    firm = [c for c in checked if not c["within_noise"]]
+    held, against = sum(c["margin"] > 0 for c in firm), sum(c["margin"] < 0 for c in firm)
+    summary = (f"Of the paper's {len(checked)} orderings here, {held} hold beyond the noise at this scale, "
+               f"{against} are reversed beyond the noise, and {len(checked) - len(firm)} are not decided "
+               f"(the margin's interval holds 0)")
     return f"{summary}:\n\n" + "\n".join(lines) + "\n"
 
 
@@ -405,14 +469,16 @@ def notes(results: list[RowResult]) -> str:
         + _accuracy_range([statistics.fmean(r.values("accuracy")) for r in results]),
         f"- scale: {scale}",
         f"- batch and k: the memory planner's answer at the paper's scale ({planned})"
-        + ("; capped by this profile's largest batch and by its training set where shown smaller" if capped
-           else "; used unchanged at this scale"),
+        + ("; at this scale times the profile's one batch factor (the scale line says which), so the ratios "
+           "between the budgets' batches, the regime the paper compares, stay; capped by the training set "
+           "where shown smaller" if capped else "; used unchanged at this scale"),
         "- peak memory: estimated by the planner for the planned batch at the paper's scale; measured "
         "(CUDA only, peak allocated) for the run at this scale",
         "- images/s: training images per second, mean over epochs and seeds (the first epoch includes warm-up)",
-        f"- init: {INIT.get(first.config.weights, first.config.weights)} weights. The paper started from "
-        "ImageNet weights, and its low-memory UltraMNIST PatchGD runs from a backbone first trained with GD "
-        "for 100 epochs (Appendix C); this reproduction does neither unless the profile says ImageNet.",
+        f"- init: {init_name(first.config.weights)} weights. The paper started from ImageNet weights, and its "
+        "low-memory UltraMNIST PatchGD runs from a backbone first trained with GD for 100 epochs (Appendix C); "
+        "offline, the kit pretrains each backbone on single bundled MNIST digits instead (pretrain.py), the "
+        "same init for every method of a table.",
     ]
     if table.note:
         lines.append(f"- {table.note}")
@@ -493,7 +559,7 @@ def write_figure2(results: list[RowResult], folder: Path) -> Figure:
     save_figure(fig, folder, "figure2")
     first = results[0]
     text = ("## Figure 2: GD and PatchGD at 16 GB and 4 GB, ResNet50 on UltraMNIST\n\n![Figure 2](figure2.png)\n\n"
-            f"Four of Table 1's runs ({first.scale}; {INIT.get(first.config.weights, first.config.weights)} "
+            f"Four of Table 1's runs ({first.scale}; {init_name(first.config.weights)} "
             "weights; batches as in Table 1's notes). PatchGD − GD accuracy in points: the paper's text says 4 "
             "at 16 GB and 13 at 4 GB, its Table 1 gives 4.0 and 9.5. Both are shown:\n\n"
             + _markdown(figure2_gaps(results)) + "\n" + orderings_markdown(results, FIGURE2["claims"]))

@@ -177,8 +177,8 @@ def _set_rng_state(state: dict, sampler: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _open_run(out: Path, config: TrainConfig) -> None:
-    """Create the run folder, or check that an existing one was made with the same config."""
+def _open_run(out: Path, config: TrainConfig, create: bool = True) -> None:
+    """Check that an existing run folder was made with the same config, or (`create`) make it."""
     config_path = out / "config.json"
     if config_path.exists():
         saved = json.loads(config_path.read_text())
@@ -187,8 +187,9 @@ def _open_run(out: Path, config: TrainConfig) -> None:
             raise KitError(f"run folder {out} holds a run with a different config (differs in: "
                            f"{', '.join(diff)}); use another --out or delete that folder")
         return
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(config_path, config.key())
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(config_path, config.key())
 
 
 def load_datasets(config: TrainConfig) -> tuple[UltraMNIST, UltraMNIST]:
@@ -213,7 +214,8 @@ def _batches(dataset, indices: list[int], batch_size: int, workers: int):
 
 def evaluate(model: torch.nn.Module, method: str, dataset, batch_size: int, device: torch.device, *,
              amp_dtype: torch.dtype | None = None, fill_chunk: int = 256, workers: int = 0) -> dict:
-    """Loss, accuracy (%) and quadratic-weighted kappa on a dataset; PatchGD infers g_θ2(fill(X))."""
+    """Loss, accuracy (%), quadratic-weighted kappa and the predicted class of every image (in the
+    dataset's order, for paired comparisons of runs) on a dataset; PatchGD infers g_θ2(fill(X))."""
     model.eval()
     losses, preds, labels = [], [], []
     for images, y in _batches(dataset, list(range(len(dataset))), batch_size, workers):
@@ -229,7 +231,7 @@ def evaluate(model: torch.nn.Module, method: str, dataset, batch_size: int, devi
     agree = len(set(preds) | set(labels)) > 1  # kappa is undefined when one class is all there is
     qwk = float(cohen_kappa_score(labels, preds, weights="quadratic")) if agree else float("nan")
     return {"test_loss": sum(losses) / len(labels), "accuracy": float((preds == labels).mean() * 100),
-            "qwk": qwk}
+            "qwk": qwk, "predictions": preds.tolist()}
 
 
 def _peak_memory(device: torch.device) -> dict:
@@ -251,9 +253,7 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
     if config.memory_budget is not None:  # plan the batch, or refuse a given one that does not fit
         plan = plan_for_config(config)
         config = dataclasses.replace(config, batch_size=plan.batch_size)
-    _open_run(out, config)
-    if plan is not None:
-        write_json(out / "plan.json", dataclasses.asdict(plan))
+    _open_run(out, config, create=False)
     summary = out / "summary.json"
     if summary.exists():
         return json.loads(summary.read_text())
@@ -272,11 +272,17 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     if len(train_set) < config.batch_size:
         raise KitError(f"batch size {config.batch_size} is larger than the {len(train_set)} training images")
+    # Only now, with the model built (its weights file read) and the batch checked: a config that
+    # cannot run leaves no folder behind to block the corrected command.
+    _open_run(out, config)
+    if plan is not None:
+        write_json(out / "plan.json", dataclasses.asdict(plan))
     batches_per_epoch = len(train_set) // config.batch_size  # the last, incomplete batch is dropped
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, batches_per_epoch))
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     sampler = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
+    predictions = None  # the last evaluated epoch's predicted classes
 
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
@@ -287,7 +293,7 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
         if scaler is not None:
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], sampler)
-        history = state["history"]
+        history, predictions = state["history"], state.get("predictions")
         _write_metrics(out / "metrics.jsonl", history)  # drop any line written after the checkpoint
     if config.method == "patchgd":
         k, zeta = config.schedule()
@@ -329,11 +335,13 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
         eval_start = time.perf_counter()
         row.update(evaluate(model, config.method, test_set, config.batch_size, device, amp_dtype=amp_dtype,
                             fill_chunk=config.fill_chunk, workers=config.workers))
+        predictions = row.pop("predictions")  # kept for the last epoch only: the paired bootstrap's input
         row["eval_seconds"] = time.perf_counter() - eval_start
         history.append(row)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                 "rng": _rng_state(sampler), "history": history, "config": config.key()}
+                 "rng": _rng_state(sampler), "history": history, "predictions": predictions,
+                 "config": config.key()}
         atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
         _write_metrics(out / "metrics.jsonl", history)
         if progress:
@@ -342,7 +350,8 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
         if on_epoch is not None:
             on_epoch(row)
 
-    result = {"run_dir": str(out), "config": config.key(), "history": history, "final": history[-1]}
+    result = {"run_dir": str(out), "config": config.key(), "history": history, "final": history[-1],
+              "test_predictions": predictions, "test_labels": test_set.labels}
     write_json(summary, result)
     # A finished run is read back, never resumed: keep its weights and history, not the optimizer's
     # moments (two thirds of a ResNet50 checkpoint). After the summary, so a kill in between loses nothing.

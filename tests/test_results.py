@@ -107,8 +107,10 @@ def test_orderings_are_decided_by_the_measured_numbers():
     assert first["test_noise"] == pytest.approx(2 * (60.5 * 39.5 / 400 + 41 * 59 / 400) ** 0.5)
     assert second["margin"] == -6.5 and second["within_noise"]  # the seeds disagree by 17 points
     text = results.orderings_markdown(fake)
-    assert text.startswith("1 of 2 of the paper's orderings hold")
-    assert "**holds**" in text and "**does not hold** (margin 6.5 within the noise: test-set sampling ±" in text
+    assert text.startswith("Of the paper's 2 orderings here, 1 hold beyond the noise at this scale, 0 are "
+                           "reversed beyond the noise, and 1 are not decided")
+    assert "**holds** beyond the noise" in text
+    assert "margin -6.5: **does not hold**, within the noise (test-set sampling ±" in text
 
 
 def test_orderings_put_the_papers_larger_side_first():
@@ -143,3 +145,31 @@ def test_one_seed_is_read_against_the_test_sets_sampling_noise():
     first, second = results.orderings(fake)
     assert first["within_noise"] and math.isnan(first["seed_std"])  # 3 points on 200 images: noise
     assert not second["within_noise"]
+
+
+def _with_predictions(fake: list[RowResult], correct: dict[str, list[int]]) -> list[RowResult]:
+    """Give each row's single run per-image predictions: image i right where correct[row][i] is 1."""
+    for r in fake:
+        labels = [i % 10 for i in range(len(correct[r.row.id]))]
+        r.runs[0]["test_labels"] = labels
+        r.runs[0]["test_predictions"] = [y if ok else (y + 1) % 10 for y, ok in zip(labels, correct[r.row.id])]
+    return fake
+
+
+def test_orderings_use_a_paired_bootstrap_over_the_same_test_images():
+    # eps1 is right on every image eps2 gets right, plus 20 more of 200: a small margin (10 points),
+    # but paired it is decided. eps4 differs from eps2 on 40 images in both directions: undecided.
+    n = 200
+    eps2 = [1] * 80 + [0] * 120
+    eps1 = [1] * 100 + [0] * 100
+    eps4 = [0] * 20 + [1] * 60 + [1] * 20 + [0] * 100
+    fake = _with_predictions(_fake("table5_6", {"eps1": [50.0], "eps2": [40.0], "eps4": [40.0]}),
+                             {"eps1": eps1, "eps2": eps2, "eps4": eps4})
+    first, second = results.orderings(fake)
+    assert first["ci95"][0] > 0 and not first["within_noise"]
+    assert first["ci95"][0] == pytest.approx(10 - 2 * 100 * (0.1 * 0.9 / n) ** 0.5, abs=1.5)
+    assert second["ci95"][0] < 0 < second["ci95"][1] and second["within_noise"]
+    assert results.orderings(fake) == [first, second]  # the same resamples every time
+    text = results.orderings_markdown(fake)
+    assert "paired bootstrap 95% interval of the margin [+" in text
+    assert "1 hold beyond the noise at this scale, 0 are reversed beyond the noise, and 1 are not decided" in text
