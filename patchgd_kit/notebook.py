@@ -11,7 +11,7 @@ from .data import UltraMNIST
 from .errors import KitError
 from .memory import estimate_peak
 from .models import build_model, count_parameters
-from .profiles import Profile, get_profile, profile_dataset, profile_dir
+from .profiles import Profile, get_profile, profile_dataset, profile_dir, profile_weights
 from .train import TrainConfig
 
 
@@ -56,13 +56,15 @@ def training_run(profile: Profile, method: str, *, backbone: str, batch_size: in
     weights. ``batch_size`` None: 16, capped by the profile. ``data`` None: the profile's dataset
     (made on first use).
     """
+    profile = profile.for_backbone(backbone)
     if batch_size is None:
         batch_size = min(16, profile.max_batch_size or 16)
     data = Path(data).resolve() if data else profile_dataset(profile)  # absolute: the run is found from anywhere
     config = TrainConfig(method=method, backbone=backbone, data=str(data),
                          image_size=profile.image_size, patch_size=profile.patch_size, sampling=profile.sampling,
                          max_sampled=profile.max_sampled, grad_accum=grad_accum, epochs=profile.epochs,
-                         warmup_epochs=profile.warmup_epochs, batch_size=batch_size, weights=profile.weights,
+                         warmup_epochs=profile.warmup_epochs, batch_size=batch_size,
+                         weights=profile_weights(profile, backbone),
                          seed=seed, device=device)
     config.validate()
     digest = hashlib.sha1(json.dumps(config.key(), sort_keys=True).encode()).hexdigest()[:8]

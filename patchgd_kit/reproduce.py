@@ -29,7 +29,7 @@ from . import gd, memory, panda, patchgd
 from .data import UltraMNIST
 from .errors import KitError
 from .models import build_model
-from .profiles import Profile, get_profile, profile_dataset, profile_dir, runs_root
+from .profiles import Profile, get_profile, profile_dataset, profile_dir, profile_weights, runs_root
 from .results import PAPER, RowResult, Table, grad_accum_of, is_finished, train_in_store, write_report
 from .train import TrainConfig, atomic_write, use_channels_last, resolve_device
 
@@ -73,13 +73,23 @@ def paper_plan(settings: dict, cache: Path) -> dict:
 # --- a paper row at a profile's scale ---------------------------------------------------------------
 
 def _ultramnist_scale(profile: Profile, settings: dict) -> dict:
-    """The paper's UltraMNIST (512 px, patch 256, 100 epochs) at the profile's size: the same 2×2 grid."""
+    """The paper's UltraMNIST (512 px, patch 256, 100 epochs) at the profile's size for the row's
+    backbone: the same 2×2 grid."""
+    profile = profile.for_backbone(settings["backbone"])
     return {"data": str(profile_dataset(profile, progress=False)), "image_size": profile.image_size,
             "patch_size": profile.patch_size, "epochs": profile.epochs, "warmup_epochs": profile.warmup_epochs}
 
 
 # How a profile scales each dataset's runs: TrainConfig overrides (data, sizes, epochs).
 SCALERS = {"ultramnist": _ultramnist_scale, "panda": panda.scale_row}
+
+
+def scaled_batch(planned: int, profile: Profile, train_images: int) -> int:
+    """The planner's batch at the paper's scale times the profile's batch_scale (at least 1), capped
+    by the profile's largest batch and the training set: one factor for every row keeps the ratios
+    between the budgets' batches, the regime the paper compares."""
+    batch = max(1, round(planned * profile.batch_scale))
+    return min(batch, profile.max_batch_size or batch, train_images)
 
 
 def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[TrainConfig, dict, str]:
@@ -92,14 +102,19 @@ def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[Trai
     scaled = SCALERS[table.dataset](profile, settings)
     train_images = len(UltraMNIST(scaled["data"], "train", cache=False))
     test_images = len(UltraMNIST(scaled["data"], "test", cache=False))
-    batch = min(plan["batch_size"], profile.max_batch_size or plan["batch_size"], train_images)
+    batch = scaled_batch(plan["batch_size"], profile, train_images)
     fields = {k: v for k, v in {**settings, **scaled}.items() if k in TRAIN_FIELDS}
     fields["grad_accum"] = grad_accum_of(fields)  # ε = ζ of the scaled grid
-    config = TrainConfig(**{**fields, "batch_size": batch, "seed": seed, "weights": profile.weights})
+    config = TrainConfig(**{**fields, "batch_size": batch, "seed": seed,
+                            "weights": profile_weights(profile.for_backbone(settings["backbone"]),
+                                                       settings["backbone"], progress=False)})
     config.validate()
     patch = f", patch {config.patch_size}" if config.method == "patchgd" else ""
-    scale = (f"{config.image_size} px{patch}; {train_images} train / {test_images} test images; "
-             f"{config.epochs} epochs")
+    card = json.loads((Path(config.data) / "train" / "card.json").read_text())["params"]
+    floor = f", digits ≥ {card['min_digit_side']} px" if "min_digit_side" in card else ""
+    factor = f"; batch = planned × {profile.batch_scale:g}" if profile.batch_scale != 1 else ""
+    scale = (f"{config.image_size} px{patch}{floor}; {train_images} train / {test_images} test images; "
+             f"{config.epochs} epochs{factor}")
     return config, plan, scale
 
 

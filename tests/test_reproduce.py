@@ -1,5 +1,6 @@
 """The reproduction runner: paper rows at a profile's scale, the plan cache, notebook discovery, and
 one end-to-end run of the reproduction notebooks on the smoke profile."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -29,11 +30,29 @@ def test_a_row_runs_at_the_profiles_scale_with_the_planned_batch_capped(smoke_ru
     config, plan, scale = reproduce.row_config(table, table.row("patchgd_4gb"), profile, seed=2)
     assert (config.image_size, config.patch_size, config.epochs) == (64, 32, profile.epochs)
     assert config.batch_size == min(FAKE_PLAN["batch_size"], profile.max_batch_size)
-    assert config.memory_budget == "4GB" and config.seed == 2 and config.weights is None
+    assert config.memory_budget == "4GB" and config.seed == 2
+    # The profile's digits-pretrained ResNet50, made on first use in its weights folder.
+    assert Path(config.weights).name == "resnet50-digits-64px-crop32-min4px-2steps-seed0.pt"
+    assert Path(config.weights).is_file()
     assert config.schedule() == (1, 4)  # the paper's k = 1, ζ = 4 on the 2×2 grid
     assert scale == f"64 px, patch 32; {10 * profile.per_class_train} train / {10 * profile.per_class_test} test images; {profile.epochs} epochs"
     uncapped, *_ = reproduce.row_config(table, table.row("patchgd_4gb"), get_profile("smoke", max_batch_size=None))
     assert uncapped.batch_size == min(FAKE_PLAN["batch_size"], 10 * profile.per_class_train)  # the train set caps it
+
+
+def test_one_batch_factor_and_a_backbones_own_scale(smoke_runs):
+    # Every planned batch times the same factor (the budgets' ratios stay), at least 1.
+    quarter = get_profile("smoke", batch_scale=0.25, max_batch_size=None)
+    assert [reproduce.scaled_batch(b, quarter, 1000) for b in (140, 36, 8, 2)] == [35, 9, 2, 1]
+    # backbone_scale gives ResNet50 rows their own size, data (with its digit floor) and weights.
+    profile = get_profile("smoke", backbone_scale={"resnet50": {"image_size": 96, "patch_size": 48,
+                                                                "min_digit_side": 8}})
+    table = PAPER["table1"]
+    config, _, scale = reproduce.row_config(table, table.row("gd_16gb"), profile)
+    assert (config.image_size, Path(config.weights).name) == (96, "resnet50-digits-96px-crop48-min8px-2steps-seed0.pt")
+    assert scale.startswith("96 px, digits ≥ 8 px;")
+    mobilenet, *_ = reproduce.row_config(PAPER["table2"], PAPER["table2"].row("gd_16gb"), profile)
+    assert mobilenet.image_size == 64
 
 
 def test_runs_shared_between_tables_have_one_store_folder(smoke_runs):
