@@ -398,6 +398,7 @@ class UltraMNIST(torch.utils.data.Dataset):
         self.image_size = check_int(f"image_size in {self.folder / 'card.json'}",
                                      card.get("params", {}).get("image_size"), 1)
         self.num_classes = card.get("num_classes", NUM_CLASSES)
+        self.min_digit_side = card.get("params", {}).get("min_digit_side", MIN_DIGIT_SIDE)  # the floor it was made with
         normalization = card.get("normalization", {"mean": [MNIST_MEAN], "std": [MNIST_STD]})
         self.mean, self.std = tuple(normalization["mean"]), tuple(normalization["std"])
         # The shape of one stored image: grey (S, S) or RGB (S, S, 3).

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import MIN_DIGIT_SIDE, NUM_CLASSES, digit_side, draw_scale_factors, normalize_uint8, load_digit_pools, upscale
+from .data import (MIN_DIGIT_SIDE, NUM_CLASSES, check_int, digit_side, draw_scale_factors, load_digit_pools,
+                   normalize_uint8, upscale)
 from .errors import KitError
 from .models import classifier_prefix, set_classifier, torchvision_model
 from .train import atomic_write
@@ -55,6 +56,9 @@ def pretrain_backbone(backbone: str, image_size: int, crop_size: int, out: str |
     """Train `backbone` to name the digit in a crop and write its trunk to `out` (atomically).
     An existing file made with the same settings is kept and its card returned."""
     out = Path(out)
+    for name, value, lowest in (("image size", image_size, 32), ("steps", steps, 1), ("batch size", batch_size, 1),
+                                ("min digit side", min_digit_side, MIN_DIGIT_SIDE), ("test crops", test_crops, 1)):
+        check_int(name, value, lowest)
     settings = {"backbone": backbone, "image_size": image_size, "crop_size": crop_size, "steps": steps,
                 "batch_size": batch_size, "lr": lr, "seed": seed, "min_digit_side": min_digit_side}
     if out.is_file():

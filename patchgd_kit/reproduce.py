@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import gd, memory, panda, patchgd
-from .data import UltraMNIST
+from .data import MIN_DIGIT_SIDE, UltraMNIST
 from .errors import KitError
 from .models import build_model
 from .profiles import Profile, get_profile, profile_dataset, profile_dir, profile_weights, runs_root
@@ -100,7 +100,8 @@ def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[Trai
         raise KitError(f"{table.name} runs on {table.dataset!r} data, which this kit cannot scale yet; "
                        f"allowed: {', '.join(SCALERS)}")
     scaled = SCALERS[table.dataset](profile, settings)
-    train_images = len(UltraMNIST(scaled["data"], "train", cache=False))
+    train_set = UltraMNIST(scaled["data"], "train", cache=False)
+    train_images = len(train_set)
     test_images = len(UltraMNIST(scaled["data"], "test", cache=False))
     batch = scaled_batch(plan["batch_size"], profile, train_images)
     fields = {k: v for k, v in {**settings, **scaled}.items() if k in TRAIN_FIELDS}
@@ -110,8 +111,7 @@ def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[Trai
                                                        settings["backbone"], progress=False)})
     config.validate()
     patch = f", patch {config.patch_size}" if config.method == "patchgd" else ""
-    card = json.loads((Path(config.data) / "train" / "card.json").read_text())["params"]
-    floor = f", digits ≥ {card['min_digit_side']} px" if "min_digit_side" in card else ""
+    floor = f", digits ≥ {train_set.min_digit_side} px" if train_set.min_digit_side != MIN_DIGIT_SIDE else ""
     factor = f"; batch = planned × {profile.batch_scale:g}" if profile.batch_scale != 1 else ""
     scale = (f"{config.image_size} px{patch}{floor}; {train_images} train / {test_images} test images; "
              f"{config.epochs} epochs{factor}")

@@ -94,15 +94,15 @@ def dataset_summary(splits: dict) -> pd.DataFrame:
     return pd.DataFrame(table).T
 
 
-def recipe_side_fractions(image_size: int) -> dict[int, float]:
-    """The fraction of digits of each side (px) that the recipe's scale weights ask for, before
-    placement (large digits that do not fit are redrawn, so the data has fewer of them)."""
+def recipe_side_fractions(image_size: int, min_digit_side: int = data.MIN_DIGIT_SIDE) -> dict[int, float]:
+    """The fraction of digits of each side (px) that the recipe's scale weights ask for, with the
+    data's floor, before placement (large digits that do not fit are redrawn, so the data has fewer)."""
     fractions: Counter = Counter()
     for factor, weight in zip(data.SCALE_FACTORS, data.SCALE_WEIGHTS):
         if factor == 1:
-            fractions[data.digit_side(0.5, image_size)] += weight * data.HALF_SIZE_PROB
+            fractions[data.digit_side(0.5, image_size, min_digit_side)] += weight * data.HALF_SIZE_PROB
             weight *= 1 - data.HALF_SIZE_PROB
-        fractions[data.digit_side(factor, image_size)] += weight
+        fractions[data.digit_side(factor, image_size, min_digit_side)] += weight
     return dict(fractions)
 
 
@@ -123,10 +123,11 @@ def plot_dataset_stats(splits: dict) -> Figure:
     counts.set(title="digits per image", xlabel="digits", xticks=data.DIGIT_COUNTS)
     balance.legend(fontsize=8)
 
-    image_size = next(iter(splits.values())).image_size
+    first = next(iter(splits.values()))
+    image_size = first.image_size
     observed = Counter(s for dataset in splits.values() for s in _digit_sides(dataset))
     total = sum(observed.values())
-    expected = recipe_side_fractions(image_size)
+    expected = recipe_side_fractions(image_size, first.min_digit_side)
     sides = sorted(set(observed) | set(expected))
     positions = np.arange(len(sides))
     sizes.bar(positions - 0.2, [observed[s] / total for s in sides], 0.4, label="in the data")

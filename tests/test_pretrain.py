@@ -82,5 +82,9 @@ def test_pretrain_command_writes_a_file_that_train_loads(tiny_data, tmp_path, ca
     assert main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--quiet", "--method",
                  "patchgd", "--backbone", "mobilenet_v2", "--image-size", "64", "--patch-size", "32",
                  "--batch-size", "10", "--epochs", "1", "--weights", str(weights)]) == 0
-    assert main(["pretrain", "--backbone", "vgg", "--image-size", "64", "--out", str(tmp_path / "x.pt")]) == 2
-    assert "unknown backbone 'vgg'" in capsys.readouterr().err
+    for args, message in ((["--backbone", "vgg"], "unknown backbone 'vgg'"),
+                          (["--backbone", "resnet50", "--steps", "0"], "steps 0 is not allowed; allowed: an integer >= 1"),
+                          (["--backbone", "resnet50", "--crop-size", "100"], "crop size 100 must be between 1 and")):
+        assert main(["pretrain", "--image-size", "64", "--out", str(tmp_path / "x.pt"), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err

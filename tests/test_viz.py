@@ -31,6 +31,9 @@ def test_recipe_side_fractions_sum_to_one():
     fractions = viz.recipe_side_fractions(512)
     assert sum(fractions.values()) == pytest.approx(1)
     assert fractions[14] == pytest.approx(0.10)  # f = 1 halved: 14 px, half of f = 1's weight 0.20
+    floored = viz.recipe_side_fractions(128, min_digit_side=24)  # the cpu profile: f <= 3 drawn at 24 px
+    assert floored[24] == pytest.approx(0.20 + 0.16 + 0.12) and min(floored) == 24
+    assert floored[63] == pytest.approx(fractions[252])  # above the floor, the recipe's mix
 
 
 def test_downscaling_shrinks_every_digit_by_the_same_factor(image):
