@@ -94,6 +94,8 @@ def add_train(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None, help=f"images per batch (default {d.batch_size}, or planned from --memory-budget)")
     p.add_argument("--memory-budget", default=None, help="plan the batch for a GPU memory budget such as 4GB, and enforce it on CUDA")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of Adam (paper: 1e-3)")
+    p.add_argument("--trunk-lr-scale", type=float, default=d.trunk_lr_scale,
+                   help="the pretrained trunk's lr is --lr times this, in (0, 1] (paper: 1, one lr for all)")
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up from 0 (paper: 2)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (init, data order, patch sampling)")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda")
@@ -115,7 +117,8 @@ def run_train(args) -> None:
                          num_classes=num_classes,
                          patch_size=args.patch_size, sampling=args.sampling, max_sampled=args.max_sampled,
                          grad_accum=args.grad_accum, epochs=args.epochs, batch_size=batch_size,
-                         memory_budget=args.memory_budget, lr=args.lr, warmup_epochs=args.warmup_epochs,
+                         memory_budget=args.memory_budget, lr=args.lr,
+                         trunk_lr_scale=args.trunk_lr_scale, warmup_epochs=args.warmup_epochs,
                          seed=args.seed, device=args.device, amp=args.amp, weights=args.weights,
                          channels_last=args.channels_last, fill_chunk=args.fill_chunk, workers=args.workers)
     result = train(config, args.out, progress=not args.quiet)

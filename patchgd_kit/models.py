@@ -105,6 +105,12 @@ class PatchEncoder(nn.Module):
             trunk, channels = _features(model, backbone)
             self.net = nn.Sequential(trunk, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, latent_dim))
         self.latent_dim = latent_dim
+        self.backbone_name = backbone
+
+    @property
+    def trunk(self) -> nn.Module:
+        """The torchvision trunk inside f_θ1: what a weights file initialises (not the Linear to s)."""
+        return _features(self.net, self.backbone_name)[0] if self.backbone_name == "resnet50" else self.net[0]
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         return self.net(patches)
@@ -176,6 +182,16 @@ def build_model(method: str, backbone: str, num_classes: int, image_size: int,
     model = torchvision_model(backbone, weights)
     set_classifier(model, backbone, num_classes)
     return model
+
+
+def trunk_of(model: nn.Module, backbone: str) -> nn.Module:
+    """The pretrained convolutional trunk inside a model built by `build_model`: the part that
+    `weights` initialises. Everything else (classifier, f_θ1's Linear to s, projection, head) is new."""
+    if isinstance(model, PatchGDModel):
+        return model.backbone.trunk
+    if isinstance(model, GDExtended):
+        return model.features
+    return _features(model, backbone)[0]
 
 
 def count_parameters(model: nn.Module) -> int:

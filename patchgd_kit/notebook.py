@@ -64,7 +64,7 @@ def training_run(profile: Profile, method: str, *, backbone: str, batch_size: in
                          image_size=profile.image_size, patch_size=profile.patch_size, sampling=profile.sampling,
                          max_sampled=profile.max_sampled, grad_accum=grad_accum, epochs=profile.epochs,
                          warmup_epochs=profile.warmup_epochs, batch_size=batch_size,
-                         weights=profile_weights(profile, backbone),
+                         weights=profile_weights(profile, backbone), trunk_lr_scale=profile.trunk_lr_scale,
                          seed=seed, device=device)
     config.validate()
     digest = hashlib.sha1(json.dumps(config.key(), sort_keys=True).encode()).hexdigest()[:8]

@@ -106,15 +106,16 @@ def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[Trai
     batch = scaled_batch(plan["batch_size"], profile, train_images)
     fields = {k: v for k, v in {**settings, **scaled}.items() if k in TRAIN_FIELDS}
     fields["grad_accum"] = grad_accum_of(fields)  # ε = ζ of the scaled grid
-    config = TrainConfig(**{**fields, "batch_size": batch, "seed": seed,
+    config = TrainConfig(**{**fields, "batch_size": batch, "seed": seed, "trunk_lr_scale": profile.trunk_lr_scale,
                             "weights": profile_weights(profile.for_backbone(settings["backbone"]),
                                                        settings["backbone"], progress=False)})
     config.validate()
     patch = f", patch {config.patch_size}" if config.method == "patchgd" else ""
     floor = f", digits ≥ {train_set.min_digit_side} px" if train_set.min_digit_side != MIN_DIGIT_SIDE else ""
     factor = f"; batch = planned × {profile.batch_scale:g}" if profile.batch_scale != 1 else ""
+    trunk_lr = f"; trunk lr × {config.trunk_lr_scale:g}" if config.trunk_lr_scale != 1 else ""
     scale = (f"{config.image_size} px{patch}{floor}; {train_images} train / {test_images} test images; "
-             f"{config.epochs} epochs{factor}")
+             f"{config.epochs} epochs{factor}{trunk_lr}")
     return config, plan, scale
 
 

@@ -27,7 +27,7 @@ from . import gd, patchgd
 from .data import UltraMNIST
 from .errors import KitError
 from .memory import limit_cuda_memory, out_of_memory_error, plan_for_config
-from .models import BACKBONES, METHODS, build_model
+from .models import BACKBONES, METHODS, build_model, trunk_of
 from .patches import grid_shape, inner_iterations, patches_per_iteration
 
 
@@ -48,6 +48,8 @@ class TrainConfig:
     device: str = "auto"                    # auto | cpu | cuda
     amp: bool = False                       # fp16 autocast + GradScaler on CUDA, bf16 on CPU
     lr: float = 1e-3
+    # The pretrained trunk's lr is lr × this (the new layers keep lr). The paper: 1 (one lr for all).
+    trunk_lr_scale: float = 1.0
     warmup_epochs: float = 2.0
     final_lr_fraction: float = 0.5          # linear decay to half the peak (Appendix C)
     weights: str | None = None              # None, "imagenet" or a local state-dict file
@@ -77,6 +79,8 @@ class TrainConfig:
         if self.lr <= 0 or self.warmup_epochs < 0 or not 0 < self.final_lr_fraction <= 1:
             raise KitError(f"lr {self.lr} must be > 0, warm-up {self.warmup_epochs} >= 0 and final lr "
                            f"fraction {self.final_lr_fraction} in (0, 1]")
+        if not 0 < self.trunk_lr_scale <= 1:
+            raise KitError(f"trunk lr scale {self.trunk_lr_scale} must be in (0, 1]")
         if self.method == "patchgd":
             if self.patch_size is None:
                 raise KitError("PatchGD needs --patch-size")
@@ -93,13 +97,20 @@ class TrainConfig:
                 inner_iterations(self.sampling, self.max_sampled, m * n))
 
     def key(self) -> dict:
-        """What defines the run's result: everything except where to find things."""
+        """What defines the run's result: everything except where to find things. Fields added after
+        the first version are left out at their default, so that adding one keeps every stored run's key."""
         d = dataclasses.asdict(self)
         d.pop("workers")
+        for name in LATER_FIELDS:
+            if d[name] == TrainConfig.__dataclass_fields__[name].default:
+                d.pop(name)
         if self.method != "patchgd":
             for name in ("patch_size", "sampling", "max_sampled", "grad_accum", "fill_chunk"):
                 d.pop(name)
         return d
+
+
+LATER_FIELDS = ("trunk_lr_scale",)
 
 
 def _positive(name: str, value) -> None:
@@ -125,6 +136,14 @@ def use_channels_last(config: TrainConfig, device: torch.device) -> bool:
     # Measured on 2 CPU cores (SPEC §7): 1.4-3.2x for MobileNetV2, mixed for ResNet50.
     # On CUDA it pays under AMP (tensor cores want NHWC).
     return config.backbone == "mobilenet_v2" or (device.type == "cuda" and config.amp)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam without weight decay (the official code), the pretrained trunk at lr × trunk_lr_scale."""
+    trunk = {id(p) for p in trunk_of(model, config.backbone).parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) in trunk], "lr": config.lr * config.trunk_lr_scale},
+              {"params": [p for p in model.parameters() if id(p) not in trunk], "lr": config.lr}]
+    return torch.optim.Adam(groups, lr=config.lr)
 
 
 def lr_lambda(config: TrainConfig, batches_per_epoch: int) -> Callable[[int], float]:
@@ -269,7 +288,7 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
                         config.patch_size, weights=config.weights).to(device)
     if use_channels_last(config, device):
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model, config)
     if len(train_set) < config.batch_size:
         raise KitError(f"batch size {config.batch_size} is larger than the {len(train_set)} training images")
     # Only now, with the model built (its weights file read) and the batch checked: a config that

@@ -115,3 +115,32 @@ def test_data_of_another_image_size_is_refused(tiny_data, tmp_path):
     with pytest.raises(KitError, match="images of 64 px but the image size is 128"):
         train(TrainConfig(method="gd", data=str(tiny_data), epochs=1, **{**SMALL, "image_size": 128}),
               tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("method", ["gd", "gd-extended", "patchgd"])
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50"])
+def test_trunk_lr_scale_slows_exactly_the_weights_file_s_trunk(method, backbone, tmp_path):
+    from patchgd_kit.models import build_model, torchvision_model
+    from patchgd_kit.train import make_optimizer
+    model = build_model(method, backbone, 10, 64, 32)
+    config = TrainConfig(method=method, backbone=backbone, image_size=64, patch_size=32, lr=1e-3, trunk_lr_scale=0.1)
+    slow, fast = make_optimizer(model, config).param_groups
+    assert slow["lr"] == pytest.approx(1e-4) and fast["lr"] == pytest.approx(1e-3)
+    # the slow group is what a weights file initialises: load one whose trunk is all ones and see
+    ones = {k: torch.ones_like(v) if v.is_floating_point() else v
+            for k, v in torchvision_model(backbone).state_dict().items()}
+    torch.save(ones, tmp_path / "w.pt")
+    loaded = build_model(method, backbone, 10, 64, 32, weights=str(tmp_path / "w.pt"))
+    groups = make_optimizer(loaded, config).param_groups
+    assert all(bool((p == 1).all()) for p in groups[0]["params"])
+    reference = torchvision_model(backbone)
+    prefix = "fc." if backbone == "resnet50" else "classifier."
+    trunk_size = sum(p.numel() for name, p in reference.named_parameters() if not name.startswith(prefix))
+    assert sum(p.numel() for p in groups[0]["params"]) == trunk_size
+
+
+def test_trunk_lr_scale_is_left_out_of_the_run_key_at_its_default():
+    assert "trunk_lr_scale" not in TrainConfig(method="gd").key()
+    assert TrainConfig(method="gd", trunk_lr_scale=0.1).key()["trunk_lr_scale"] == 0.1
+    with pytest.raises(KitError, match="trunk lr scale"):
+        TrainConfig(method="gd", trunk_lr_scale=0).validate()
