@@ -47,6 +47,10 @@ class Profile:
     # "digits" (pretrain.py: made on first use with pretrain_steps steps, the offline stand-in).
     weights: str | None
     pretrain_steps: int
+    # The pretrained trunk's lr as a fraction of the peak lr (TrainConfig.trunk_lr_scale): the paper
+    # uses one lr for all (1); fine-tuning a pretrained trunk 10x slower than the new layers is the
+    # kit's choice at small scale, where the paper's lr on a few hundred steps unlearns the digits.
+    trunk_lr_scale: float
     description: str
     # Values that differ for one backbone's UltraMNIST runs, e.g. {"resnet50": {"image_size": 64}}:
     # ResNet50 costs 4-6x MobileNetV2 per image on a CPU, so its rows may run at a smaller scale.
@@ -62,13 +66,13 @@ PROFILES: dict[str, Profile] = {
         name="smoke", image_size=64, patch_size=32, min_digit_side=4, per_class_train=4, per_class_test=2, epochs=2,
         warmup_epochs=0.5, sampling=0.25, max_sampled=1.0, panda_scale=32, panda_grid_scale=4, panda_per_class_train=3,
         panda_per_class_test=2, panda_epochs=1, seeds=1, batch_scale=1.0, max_batch_size=8,
-        weights="digits", pretrain_steps=2, description="seconds to minutes on 2 CPU cores, for CI and nbval; the numbers mean nothing",
+        weights="digits", pretrain_steps=2, trunk_lr_scale=0.1, description="seconds to minutes on 2 CPU cores, for CI and nbval; the numbers mean nothing",
     ),
     "binder": Profile(
         name="binder", image_size=128, patch_size=64, min_digit_side=12, per_class_train=20, per_class_test=8, epochs=3,
         warmup_epochs=1, sampling=0.25, max_sampled=1.0, panda_scale=16, panda_grid_scale=4, panda_per_class_train=8,
         panda_per_class_test=4, panda_epochs=2, seeds=1, batch_scale=1.0, max_batch_size=8,
-        weights="digits", pretrain_steps=100, description="fits Binder's 1-2 GB of RAM and its 1 CPU",
+        weights="digits", pretrain_steps=100, trunk_lr_scale=0.1, description="fits Binder's 1-2 GB of RAM and its 1 CPU",
     ),
     # cpu: designed to learn in the hour (docs/cpu-scale.md has every attempt, its curve and minutes).
     # At 128 px with the recipe's 4-7 px digits and random init every method stayed at chance; what
@@ -77,20 +81,21 @@ PROFILES: dict[str, Profile] = {
     # 4x more optimizer steps (every planned batch x 1/4: the budgets' ratios stay). ResNet50 costs
     # 4-6x MobileNetV2 per image here, so its rows run at half the side with the same relative sizes.
     "cpu": Profile(
-        name="cpu", image_size=128, patch_size=64, min_digit_side=24, per_class_train=150, per_class_test=50,
-        epochs=3, warmup_epochs=0.5, sampling=0.25, max_sampled=1.0, panda_scale=16, panda_grid_scale=4,
+        name="cpu", image_size=128, patch_size=64, min_digit_side=24, per_class_train=450, per_class_test=50,
+        epochs=2, warmup_epochs=0.5, sampling=0.25, max_sampled=1.0, panda_scale=16, panda_grid_scale=4,
         panda_per_class_train=8, panda_per_class_test=4, panda_epochs=1, seeds=1, batch_scale=0.25,
-        max_batch_size=None, weights="digits", pretrain_steps=800,
+        max_batch_size=None, weights="digits", pretrain_steps=800, trunk_lr_scale=0.1,
         description="default without a GPU: every figure and table in at most 60 minutes on 2 cores; UltraMNIST "
                     "at 128 px (ResNet50 rows 64 px), digits of at least 24 px (12 px), digits-pretrained "
                     "backbones, planned batches x 1/4",
-        backbone_scale={"resnet50": {"image_size": 64, "patch_size": 32, "min_digit_side": 12, "pretrain_steps": 600}},
+        backbone_scale={"resnet50": {"image_size": 64, "patch_size": 32, "min_digit_side": 12, "pretrain_steps": 600,
+                                     "per_class_train": 150, "epochs": 3}},
     ),
     "paper": Profile(
         name="paper", image_size=512, patch_size=256, min_digit_side=4, per_class_train=1000, per_class_test=200,
         epochs=100, warmup_epochs=2, sampling=0.25, max_sampled=1.0, panda_scale=1, panda_grid_scale=1,
         panda_per_class_train=1000, panda_per_class_test=200, panda_epochs=100, seeds=1,
-        batch_scale=1.0, max_batch_size=None, weights="imagenet", pretrain_steps=0,
+        batch_scale=1.0, max_batch_size=None, weights="imagenet", pretrain_steps=0, trunk_lr_scale=1.0,
         description="the paper's settings (512 px, patch 256, 1000 images per class, 100 epochs); "
                     "needs a GPU",
     ),
