@@ -49,11 +49,11 @@ from tqdm.auto import tqdm
 from . import gd, patchgd
 from .data import SPLITS, UltraMNIST, check_int, kit_version, ensure_dataset
 from .errors import KitError
+from .files import atomic_write, write_json
 from .models import build_model, count_parameters
 from .profiles import Profile, profile_dir
 from .results import RowResult, run_folder, write_table
-from .train import (TrainConfig, autocast_dtype, atomic_write, use_channels_last, resolve_device,
-                    write_json)
+from .train import TrainConfig, autocast_dtype, use_channels_last, resolve_device
 
 PANDA_COLUMNS = ("image_id", "data_provider", "isup_grade", "gleason_score")
 PANDA_CLASSES = 6  # ISUP grade groups 0-5

@@ -30,7 +30,7 @@ from .data import (MIN_DIGIT_SIDE, NUM_CLASSES, check_int, digit_side, draw_scal
                    normalize_uint8, upscale)
 from .errors import KitError
 from .models import classifier_prefix, set_classifier, torchvision_model
-from .train import atomic_write
+from .files import save_torch
 
 DEFAULT_STEPS = 1000
 
@@ -107,7 +107,7 @@ def pretrain_backbone(backbone: str, image_size: int, crop_size: int, out: str |
     prefix = classifier_prefix(backbone)
     trunk = {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: torch.save({"backbone": backbone, "state_dict": trunk, "card": card}, tmp))
+    save_torch(out, {"backbone": backbone, "state_dict": trunk, "card": card})
     return card
 
 

@@ -28,10 +28,11 @@ import torch
 from . import gd, memory, panda, patchgd
 from .data import MIN_DIGIT_SIDE, UltraMNIST
 from .errors import KitError
+from .files import atomic_write
 from .models import build_model
 from .profiles import Profile, get_profile, profile_dataset, profile_dir, profile_weights, runs_root
 from .results import PAPER, RowResult, Table, grad_accum_of, is_finished, train_in_store, write_report
-from .train import TrainConfig, atomic_write, use_channels_last, resolve_device
+from .train import TrainConfig, use_channels_last, resolve_device
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import resource
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from tqdm.auto import tqdm
 from . import gd, patchgd
 from .data import UltraMNIST
 from .errors import KitError
+from .files import atomic_write, save_torch, write_json
 from .memory import limit_cuda_memory, out_of_memory_error, plan_for_config
 from .models import BACKBONES, METHODS, build_model
 from .patches import grid_shape, inner_iterations, patches_per_iteration
@@ -138,21 +137,6 @@ def lr_lambda(config: TrainConfig, batches_per_epoch: int) -> Callable[[int], fl
             return step / warm
         return 1 - (1 - config.final_lr_fraction) * (step - warm) / max(1, total - warm)
     return factor
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def _write_metrics(path: Path, history: list[dict]) -> None:
@@ -342,7 +326,7 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                  "rng": _rng_state(sampler), "history": history, "predictions": predictions,
                  "config": config.key()}
-        atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
+        save_torch(checkpoint, state)
         _write_metrics(out / "metrics.jsonl", history)
         if progress:
             tqdm.write(f"epoch {epoch}: loss {row['train_loss']:.3f}  accuracy {row['accuracy']:.1f}%  "
@@ -356,7 +340,7 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
     # A finished run is read back, never resumed: keep its weights and history, not the optimizer's
     # moments (two thirds of a ResNet50 checkpoint). After the summary, so a kill in between loses nothing.
     final = {"model": model.state_dict(), "history": history, "config": config.key()}
-    atomic_write(checkpoint, lambda tmp: torch.save(final, tmp))
+    save_torch(checkpoint, final)
     return result
 
 
