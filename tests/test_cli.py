@@ -31,7 +31,7 @@ def _train_args(data, out, **overrides):
     ({"grad-accum": "5"}, "ε = 5 must be between 1 and the number of inner iterations ζ = 4"),
     ({"backbone": "vgg16"}, "unknown backbone 'vgg16'; allowed: resnet50, mobilenet_v2"),
     ({"method": "sgd"}, "unknown method 'sgd'; allowed: gd, gd-extended, patchgd"),
-    ({"batch-size": "0"}, "batch size 0 must be a positive integer"),
+    ({"batch-size": "0"}, "batch size 0 is not allowed; allowed: an integer >= 1"),
 ])
 def test_bad_training_options_get_one_clear_line(tiny_data, tmp_path, capsys, overrides, message):
     assert main(_train_args(tiny_data, tmp_path / "run", **overrides)) == 2

@@ -43,9 +43,11 @@ def test_finished_run_is_read_back_not_redone(tiny_data, tmp_path):
     again = train(config, tmp_path / "run", progress=False)
     assert again["final"] == first["final"]
     assert (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns == mtime
-    # the finished checkpoint keeps the weights, not the optimizer's state, and still evaluates
+    # the finished checkpoint keeps the weights and what the summary is made of, not the optimizer's
+    # state, and still evaluates
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-    assert set(state) == {"model", "history", "config"}
+    assert set(state) == {"model", "history", "predictions", "config"}
+    assert not (tmp_path / "run" / "checkpoint.prev.pt").exists()
     assert evaluate_run(tmp_path / "run", device="cpu")["accuracy"] == first["final"]["accuracy"]
 
 
