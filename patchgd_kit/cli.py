@@ -1,12 +1,16 @@
 """Command line: `python -m patchgd_kit generate | train | evaluate | benchmark ...`.
 
-Bad input prints one line naming the value and what is allowed, and exits with code 2.
+Bad input, damaged files and paths that cannot be written print one line naming the value or the
+path and what to do, and exit with code 2; `--debug` (or KIT_DEBUG=1) adds the traceback.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
+import traceback
 
 from .errors import KitError
 
@@ -63,9 +67,10 @@ def add_pretrain(sub) -> None:
 def run_pretrain(args) -> None:
     from .data import MIN_DIGIT_SIDE
     from .pretrain import pretrain_backbone
-    card = pretrain_backbone(args.backbone, args.image_size, args.crop_size or args.image_size // 2, args.out,
-                             steps=args.steps, seed=args.seed, min_digit_side=args.min_digit_side or MIN_DIGIT_SIDE,
-                             progress=not args.quiet)
+    crop_size = args.image_size // 2 if args.crop_size is None else args.crop_size
+    min_digit_side = MIN_DIGIT_SIDE if args.min_digit_side is None else args.min_digit_side
+    card = pretrain_backbone(args.backbone, args.image_size, crop_size, args.out, steps=args.steps, seed=args.seed,
+                             min_digit_side=min_digit_side, progress=not args.quiet)
     print(json.dumps(card, indent=2))
 
 
@@ -104,6 +109,8 @@ def add_train(sub) -> None:
     p.add_argument("--channels-last", default=d.channels_last, help="auto | on | off (auto: measured choice per backbone)")
     p.add_argument("--fill-chunk", type=int, default=d.fill_chunk, help="patches per backbone call while filling Z")
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    p.add_argument("--restart", action="store_true",
+                   help="begin the run in --out again, discarding what it holds (another config, damaged files)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -121,7 +128,7 @@ def run_train(args) -> None:
                          trunk_lr_scale=args.trunk_lr_scale, warmup_epochs=args.warmup_epochs,
                          seed=args.seed, device=args.device, amp=args.amp, weights=args.weights,
                          channels_last=args.channels_last, fill_chunk=args.fill_chunk, workers=args.workers)
-    result = train(config, args.out, progress=not args.quiet)
+    result = train(config, args.out, progress=not args.quiet, restart=args.restart)
     print(json.dumps({"run_dir": result["run_dir"], "final": result["final"]}, indent=2))
 
 
@@ -213,21 +220,60 @@ COMMANDS = {"generate": (add_generate, run_generate), "pretrain": (add_pretrain,
             "reproduce": (add_reproduce, run_reproduce)}
 
 
+def _add_debug(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="print the traceback of an error too (also: KIT_DEBUG=1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m patchgd_kit",
                                      description="PatchGD Kit: UltraMNIST, GD and PatchGD training, the paper's tables.")
+    _add_debug(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():
         add(sub)
+    for command in sub.choices.values():  # after the command too; SUPPRESS keeps a --debug given before it
+        _add_debug(command, argparse.SUPPRESS)
     return parser
+
+
+# What to do about an OSError, by its errno.
+_OS_HINTS = {errno.ENOSPC: "free some space, then rerun the same command (what was saved is kept)",
+             errno.EDQUOT: "free some space, then rerun the same command (what was saved is kept)",
+             errno.EFBIG: "the file is larger than this system allows here; choose another place",
+             errno.EACCES: "choose a path you can write to, or change its permissions",
+             errno.EPERM: "choose a path you can write to, or change its permissions",
+             errno.EROFS: "the file system is read-only; choose another path",
+             errno.ENOTDIR: "a part of the path is a file, not a folder",
+             errno.EEXIST: "a file is in the way of a folder of that name",
+             errno.EISDIR: "it is a folder; a file was expected"}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError: the path, what the system said, and what to do."""
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    said = exc.strerror or str(exc)
+    hint = _OS_HINTS.get(exc.errno, "check the path")
+    return f"{where}: {said}; {hint}" if where else f"{said}; {hint}"
+
+
+def kit_error_line(exc: KitError) -> str:
+    """The message. A KitError raised in a DataLoader worker comes back wrapped in the worker's
+    traceback: keep its last line, without the class name."""
+    last = str(exc).strip().splitlines()[-1]
+    return last.split("KitError: ", 1)[-1]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("KIT_DEBUG", "0") not in ("", "0")
     try:
         COMMANDS[args.command][1](args)
-    except KitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (KitError, OSError) as exc:
+        if debug:
+            traceback.print_exc()
+        line = kit_error_line(exc) if isinstance(exc, KitError) else os_error_line(exc)
+        print(f"error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)

@@ -25,7 +25,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import KitError
+from .files import building, locked
 
 # --- the recipe ---------------------------------------------------------------------------------
 
@@ -47,6 +47,7 @@ HALF_SIZE_PROB = 0.5  # at f = 1, the chance of a 14 px digit (at 512) instead o
 REFERENCE_SIZE = 512  # the paper's image side; digit sides scale by image_size / 512
 MIN_DIGIT_SIDE = 4  # below this a digit is unreadable at any image size
 MIN_IMAGE_SIZE = 32  # on smaller canvases 3-5 disjoint digits of >= 4 px often do not fit
+MAX_IMAGE_SIZE = 16384  # one image's canvas is then 512 MiB; larger ones exhaust the memory
 PLACEMENT_TRIES = 100  # random positions tried for one digit before giving up on the layout
 LAYOUT_RESTARTS = 100  # new scales drawn for the whole image before failing
 RECIPE_VERSION = 1  # bump when a change alters the bytes; a card with another version is refused
@@ -206,9 +207,11 @@ def generate_image(rng: np.random.Generator, pool, label: int, image_size: int,
 
 # --- a split on disk ---------------------------------------------------------------------------
 
-def check_int(name: str, value, lowest: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
-        raise KitError(f"{name} {value!r} is not allowed; allowed: an integer >= {lowest}")
+def check_int(name: str, value, lowest: int, highest: int | None = None) -> int:
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest
+            or (highest is not None and value > highest)):
+        allowed = f"an integer >= {lowest}" if highest is None else f"an integer in {lowest}..{highest}"
+        raise KitError(f"{name} {value!r} is not allowed; allowed: {allowed}")
     return int(value)
 
 
@@ -252,6 +255,65 @@ def _read_card(folder: Path) -> dict:
                        "delete the folder and generate it again") from e
 
 
+def _existing_split(final: Path, params: dict) -> bool:
+    """True when `final` holds a complete split made with `params`; one made with others is refused."""
+    if not final.exists():
+        return False
+    existing = _read_card(final).get("params") or {}
+    differ = [f"{k}={existing.get(k)!r} (asked {v!r})" for k, v in params.items() if existing.get(k) != v]
+    if differ:
+        raise KitError(f"{final} already holds a split made with {', '.join(differ)}; "
+                       "use another output folder or delete it")
+    return True
+
+
+def _split_card(params: dict, pools: dict) -> dict:
+    return {
+        "dataset": "UltraMNIST, PatchGD variant (Gupta et al. 2023, Appendix B.2)",
+        "params": params,
+        "num_images": params["per_class"] * NUM_CLASSES,
+        "counts_per_class": {str(c): params["per_class"] for c in range(NUM_CLASSES)},
+        "digit_pools": {"used": params["split"], "sizes": {k: len(v[1]) for k, v in pools.items()},
+                        "disjoint": True},
+        "kit_version": kit_version(),
+        "recipe": {
+            "label": "sum of the digits, 0..9",
+            "digits": "a sorted multiset of 3, 4 or 5 digits with that sum, drawn uniformly; "
+                      "one random pool image per digit",
+            "scale_factors": SCALE_FACTORS.tolist(),
+            "scale_weights": SCALE_WEIGHTS.round(6).tolist(),
+            "digit_side": f"max({params.get('min_digit_side', MIN_DIGIT_SIDE)}, round(28 * f * image_size / "
+                          f"{REFERENCE_SIZE})), nearest neighbour; f = 1 becomes f = 0.5 "
+                          f"with probability {HALF_SIZE_PROB}",
+            "placement": f"uniform, inside the image, no two boxes intersect; "
+                         f"{PLACEMENT_TRIES} tries per digit, then new scales for the whole "
+                         f"image, at most {LAYOUT_RESTARTS} layouts (so large digits are "
+                         "rarer in the images than their weights say)",
+            "compositing": "black background, pixels added then clipped to 255",
+            "random_stream": "numpy default_rng([seed, split (train 0, test 1), image index])",
+        },
+    }
+
+
+def _write_split(folder: Path, pool, params: dict, workers: int, progress: bool) -> None:
+    """The images and manifest.csv of a split, into the empty `folder`."""
+    (folder / "images").mkdir()
+    total = params["per_class"] * NUM_CLASSES
+    init_args = (pool, str(folder), params["image_size"], params["seed"], SPLITS.index(params["split"]),
+                 params.get("min_digit_side", MIN_DIGIT_SIDE))
+    bar = dict(total=total, desc=f"UltraMNIST {params['split']} {params['image_size']}px", disable=not progress)
+    if workers == 1:
+        _init_worker(*init_args)
+        rows = [_write_one(i) for i in tqdm(range(total), **bar)]
+    else:
+        with multiprocessing.Pool(workers, _init_worker, init_args) as procs:
+            rows = list(tqdm(procs.imap(_write_one, range(total), chunksize=8), **bar))
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "label", "digits", "boxes"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: int,
                    source: str = "bundled", root=None, workers: int | None = None,
                    progress: bool = True, download: bool = False, min_digit_side: int = MIN_DIGIT_SIDE) -> Path:
@@ -261,18 +323,21 @@ def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: i
     ``min_digit_side`` floors the digit side in px (the recipe: 4).
 
     A complete split with the same parameters is kept as it is (a rerun skips what is done); one
-    with other parameters is refused, never mixed.
+    with other parameters is refused, never mixed. One process at a time makes a split (a second
+    one is refused); a killed one's partial folder is removed by the next.
     """
     if split not in SPLITS:
         raise KitError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     per_class = check_int("per_class", per_class, 1)
-    image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE)
+    image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
     seed = check_int("seed", seed, 0)
     min_digit_side = check_int("min_digit_side", min_digit_side, MIN_DIGIT_SIDE)
     if min_digit_side > image_size // 3:
         raise KitError(f"min_digit_side {min_digit_side} is too large for {image_size} px images; allowed: "
                        f"{MIN_DIGIT_SIDE}..{image_size // 3}")
-    workers = check_int("workers", min(2, os.cpu_count() or 1) if workers is None else workers, 1)
+    # More processes than cores only add memory.
+    workers = check_int("workers", min(2, os.cpu_count() or 1) if workers is None else workers, 1,
+                        os.cpu_count() or 1)
     if source not in ("bundled", "torchvision"):
         raise KitError(f"unknown digit source {source!r}; allowed: 'bundled', 'torchvision'")
 
@@ -282,66 +347,17 @@ def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: i
         params["min_digit_side"] = min_digit_side
     out_dir = Path(out_dir)
     final = out_dir / split
-    if final.exists():
-        existing = _read_card(final).get("params") or {}
-        differ = [f"{k}={existing.get(k)!r} (asked {v!r})"
-                  for k, v in params.items() if existing.get(k) != v]
-        if differ:
-            raise KitError(f"{final} already holds a split made with {', '.join(differ)}; "
-                           "use another output folder or delete it")
+    if _existing_split(final, params):
         return final
-
-    pools = load_digit_pools(source, root, download)
-    pool = pools[split]
-    total = per_class * NUM_CLASSES
-    # A hidden sibling on the same file system, so the final rename is atomic. A leftover from a
-    # killed run with the same process id is stale and removed.
-    tmp = out_dir / f".{split}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    try:
-        init_args = (pool, str(tmp), image_size, seed, SPLITS.index(split), min_digit_side)
-        bar = dict(total=total, desc=f"UltraMNIST {split} {image_size}px", disable=not progress)
-        if workers == 1:
-            _init_worker(*init_args)
-            rows = [_write_one(i) for i in tqdm(range(total), **bar)]
-        else:
-            with multiprocessing.Pool(workers, _init_worker, init_args) as procs:
-                rows = list(tqdm(procs.imap(_write_one, range(total), chunksize=8), **bar))
-        with open(tmp / "manifest.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["image", "label", "digits", "boxes"])
-            writer.writeheader()
-            writer.writerows(rows)
-        card = {
-            "dataset": "UltraMNIST, PatchGD variant (Gupta et al. 2023, Appendix B.2)",
-            "params": params,
-            "num_images": total,
-            "counts_per_class": {str(c): per_class for c in range(NUM_CLASSES)},
-            "digit_pools": {"used": split, "sizes": {k: len(v[1]) for k, v in pools.items()},
-                            "disjoint": True},
-            "kit_version": kit_version(),
-            "recipe": {
-                "label": "sum of the digits, 0..9",
-                "digits": "a sorted multiset of 3, 4 or 5 digits with that sum, drawn uniformly; "
-                          "one random pool image per digit",
-                "scale_factors": SCALE_FACTORS.tolist(),
-                "scale_weights": SCALE_WEIGHTS.round(6).tolist(),
-                "digit_side": f"max({min_digit_side}, round(28 * f * image_size / "
-                              f"{REFERENCE_SIZE})), nearest neighbour; f = 1 becomes f = 0.5 "
-                              f"with probability {HALF_SIZE_PROB}",
-                "placement": f"uniform, inside the image, no two boxes intersect; "
-                             f"{PLACEMENT_TRIES} tries per digit, then new scales for the whole "
-                             f"image, at most {LAYOUT_RESTARTS} layouts (so large digits are "
-                             "rarer in the images than their weights say)",
-                "compositing": "black background, pixels added then clipped to 255",
-                "random_stream": "numpy default_rng([seed, split (train 0, test 1), image index])",
-            },
-        }
-        (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with locked(out_dir / f".{split}.lock", f"generating {final}"):
+        if _existing_split(final, params):  # made by another process since the look above
+            return final
+        pools = load_digit_pools(source, root, download)
+        # Made in a hidden sibling on the same file system and renamed at the end: atomic.
+        with building(final) as tmp:
+            _write_split(tmp, pools[split], params, workers, progress)
+            (tmp / "card.json").write_text(json.dumps(_split_card(params, pools), indent=2) + "\n")
     return final
 
 
@@ -404,6 +420,9 @@ class UltraMNIST(torch.utils.data.Dataset):
         # The shape of one stored image: grey (S, S) or RGB (S, S, 3).
         self.image_shape = (self.image_size, self.image_size) + ((3,) if len(self.mean) == 3 else ())
         self.manifest = self._read_manifest(self.folder / "manifest.csv")
+        if card.get("num_images", len(self.manifest)) != len(self.manifest):
+            raise KitError(f"{self.folder / 'manifest.csv'} lists {len(self.manifest)} images but card.json says "
+                           f"{card['num_images']}; the split is damaged: delete it and make it again")
         self.labels = [row["label"] for row in self.manifest]
         self.cache = (len(self.manifest) * np.prod(self.image_shape) <= CACHE_LIMIT_BYTES
                       if cache is None else cache)
@@ -445,8 +464,14 @@ class UltraMNIST(torch.utils.data.Dataset):
         if self._images[i] is not None:
             return self._images[i]
         path = self.folder / self.manifest[i]["image"]
-        with Image.open(path) as im:
-            image = np.array(im)
+        try:
+            with Image.open(path) as im:
+                image = np.array(im)
+        except PermissionError:
+            raise
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's ways of saying "not a whole image"
+            raise KitError(f"image {path} is unreadable ({e}); the split {self.folder} is damaged: delete it "
+                           "and make it again (`generate` with the same seed gives the same images)") from e
         if image.shape != self.image_shape or image.dtype != np.uint8:
             raise KitError(f"{path} is {image.dtype} {image.shape}, expected uint8 "
                            f"{self.image_shape}")

@@ -37,7 +37,11 @@ def torchvision_model(backbone: str, weights: str | None = None) -> nn.Module:
     if weights in (None, "none"):
         return ctor(weights=None)
     if weights == "imagenet":
-        return ctor(weights="DEFAULT")
+        try:
+            return ctor(weights="DEFAULT")
+        except OSError as e:  # no network, or no space for the download
+            raise KitError(f"weights 'imagenet' could not be downloaded ({e}); use a local state-dict file "
+                           "(--weights FILE, e.g. from `pretrain`) or none") from e
     path = Path(weights)
     if not path.is_file():
         raise KitError(f"weights {weights!r} is neither 'none', 'imagenet' nor an existing file")
@@ -63,9 +67,12 @@ def load_trunk(model: nn.Module, backbone: str, path: Path) -> None:
     unexpected = [k for k in state if k not in own]
     misshapen = [k for k in state if k in own and state[k].shape != own[k].shape and not k.startswith(prefix)]
     if missing or unexpected or misshapen:
-        wrong = missing or unexpected or misshapen
-        raise KitError(f"weights file {path} does not fit torchvision's {backbone}: {len(missing)} missing, "
-                       f"{len(unexpected)} unexpected, {len(misshapen)} misshapen keys (first: {wrong[0]!r})")
+        kinds = {"missing": missing, "unexpected": unexpected, "misshapen": misshapen}
+        examples = "; ".join(f"{kind}: {', '.join(keys[:3])}{', …' if len(keys) > 3 else ''}"
+                             for kind, keys in kinds.items() if keys)
+        raise KitError(f"weights file {path} does not fit torchvision's {backbone}: "
+                       + ", ".join(f"{len(keys)} {kind}" for kind, keys in kinds.items())
+                       + f" keys ({examples}); allowed: a state dict of that backbone")
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith(prefix)
                            or v.shape == own[k].shape}, strict=False)
 

@@ -32,7 +32,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import statistics
 import time
 import warnings
@@ -49,11 +48,11 @@ from tqdm.auto import tqdm
 from . import gd, patchgd
 from .data import SPLITS, UltraMNIST, check_int, kit_version, ensure_dataset
 from .errors import KitError
+from .files import atomic_write, building, locked, write_json
 from .models import build_model, count_parameters
 from .profiles import Profile, profile_dir
 from .results import RowResult, run_folder, write_table
-from .train import (TrainConfig, autocast_dtype, atomic_write, use_channels_last, resolve_device,
-                    write_json)
+from .train import TrainConfig, autocast_dtype, use_channels_last, resolve_device
 
 PANDA_COLUMNS = ("image_id", "data_provider", "isup_grade", "gleason_score")
 PANDA_CLASSES = 6  # ISUP grade groups 0-5
@@ -397,42 +396,53 @@ def scaled_sizes(profile: Profile) -> dict[int, int]:
     return {size: size // scale for size in PAPER_SIZES}
 
 
+def _shrunk(final: Path, derived: dict) -> bool:
+    """True when `final` holds the split shrunk as `derived` says; one shrunk from another is refused."""
+    if not final.exists():
+        return False
+    if json.loads((final / "card.json").read_text()).get("shrunk_from") != derived:
+        raise KitError(f"{final} was shrunk from another dataset; delete it")
+    return True
+
+
+def _shrink_split(split_dir: Path, folder: Path, card: dict, size: int, derived: dict, progress: bool) -> None:
+    """The split in `split_dir` with every image and box shrunk to `size`, into the empty `folder`."""
+    (folder / "images").mkdir()
+    original = card["params"]["image_size"]
+    with open(split_dir / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in tqdm(rows, desc=f"shrink {split_dir.name} {original}→{size} px", disable=not progress):
+        with Image.open(split_dir / row["image"]) as im:
+            _save_png(im.resize((size, size), SHRINK), folder / row["image"])
+        boxes = json.loads(row["boxes"])
+        row["boxes"] = json.dumps([[round(v * size / original) for v in box] for box in boxes],
+                                  separators=(",", ":"))
+    (folder / "manifest.csv").write_text(_csv_text(rows, list(rows[0])))
+    card["params"]["image_size"] = size
+    card["shrunk_from"] = derived
+    write_json(folder / "card.json", card)
+
+
 def shrink_dataset(source, size: int, progress: bool = True) -> Path:
     """A copy of the dataset folder ``source`` (kit format: train/ and test/) with every image
     shrunk to size × size by the same box filter as the PANDA canvas, boxes scaled to match.
-    Made once, in the sibling folder ``<source>_box<size>px``; each split is written to a temporary
-    folder and renamed, so it is complete or absent."""
+    Made once, in the sibling folder ``<source>_box<size>px``; each split is made by one process at
+    a time in a temporary folder and renamed, so it is complete or absent."""
     source = Path(source)
     target = source.with_name(f"{source.name}_box{size}px")
     for split in SPLITS:
         card = json.loads((source / split / "card.json").read_text())
-        original = card["params"]["image_size"]
-        derived = {"folder": source.name, "image_size": original, "filter": "PIL box (area average)"}
+        derived = {"folder": source.name, "image_size": card["params"]["image_size"],
+                   "filter": "PIL box (area average)"}
         final = target / split
-        if final.exists():
-            if json.loads((final / "card.json").read_text()).get("shrunk_from") != derived:
-                raise KitError(f"{final} was shrunk from another dataset; delete it")
+        if _shrunk(final, derived):
             continue
-        tmp = target / f".{split}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "images").mkdir(parents=True)
-        try:
-            with open(source / split / "manifest.csv", newline="") as f:
-                rows = list(csv.DictReader(f))
-            for row in tqdm(rows, desc=f"shrink {split} {original}→{size} px", disable=not progress):
-                with Image.open(source / split / row["image"]) as im:
-                    _save_png(im.resize((size, size), SHRINK), tmp / row["image"])
-                boxes = json.loads(row["boxes"])
-                row["boxes"] = json.dumps([[round(v * size / original) for v in box] for box in boxes],
-                                          separators=(",", ":"))
-            (tmp / "manifest.csv").write_text(_csv_text(rows, list(rows[0])))
-            card["params"]["image_size"] = size
-            card["shrunk_from"] = derived
-            write_json(tmp / "card.json", card)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        target.mkdir(parents=True, exist_ok=True)
+        with locked(target / f".{split}.lock", f"shrinking into {final}"):
+            if _shrunk(final, derived):  # by another process since the look above
+                continue
+            with building(final) as tmp:
+                _shrink_split(source / split, tmp, card, size, derived, progress)
     return target
 
 

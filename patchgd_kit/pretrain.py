@@ -30,7 +30,7 @@ from .data import (MIN_DIGIT_SIDE, NUM_CLASSES, check_int, digit_side, draw_scal
                    normalize_uint8, upscale)
 from .errors import KitError
 from .models import classifier_prefix, set_classifier, torchvision_model
-from .train import atomic_write
+from .files import check_writable_file, save_torch
 
 DEFAULT_STEPS = 1000
 
@@ -57,7 +57,8 @@ def pretrain_backbone(backbone: str, image_size: int, crop_size: int, out: str |
     An existing file made with the same settings is kept and its card returned."""
     out = Path(out)
     for name, value, lowest in (("image size", image_size, 32), ("steps", steps, 1), ("batch size", batch_size, 1),
-                                ("min digit side", min_digit_side, MIN_DIGIT_SIDE), ("test crops", test_crops, 1)):
+                                ("min digit side", min_digit_side, MIN_DIGIT_SIDE), ("test crops", test_crops, 1),
+                                ("seed", seed, 0)):
         check_int(name, value, lowest)
     settings = {"backbone": backbone, "image_size": image_size, "crop_size": crop_size, "steps": steps,
                 "batch_size": batch_size, "lr": lr, "seed": seed, "min_digit_side": min_digit_side}
@@ -69,6 +70,7 @@ def pretrain_backbone(backbone: str, image_size: int, crop_size: int, out: str |
                        "use another --out or delete it")
     if not 1 <= crop_size <= image_size:
         raise KitError(f"crop size {crop_size} must be between 1 and the image size {image_size}")
+    check_writable_file(out)  # before the training, not after it
     torch.manual_seed(seed)
     pools = load_digit_pools("bundled")
     model = torchvision_model(backbone)
@@ -106,8 +108,7 @@ def pretrain_backbone(backbone: str, image_size: int, crop_size: int, out: str |
                     "for ImageNet init"}
     prefix = classifier_prefix(backbone)
     trunk = {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: torch.save({"backbone": backbone, "state_dict": trunk, "card": card}, tmp))
+    save_torch(out, {"backbone": backbone, "state_dict": trunk, "card": card})
     return card
 
 

@@ -28,10 +28,11 @@ import torch
 from . import gd, memory, panda, patchgd
 from .data import MIN_DIGIT_SIDE, UltraMNIST
 from .errors import KitError
+from .files import atomic_write, check_writable_folder
 from .models import build_model
 from .profiles import Profile, get_profile, profile_dataset, profile_dir, profile_weights, runs_root
 from .results import PAPER, RowResult, Table, grad_accum_of, is_finished, train_in_store, write_report
-from .train import TrainConfig, atomic_write, use_channels_last, resolve_device
+from .train import TrainConfig, use_channels_last, resolve_device
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -259,12 +260,13 @@ def reproduce(profile: str | None = None, seeds: int | None = None, out: str | P
     if profile.name == "paper" and not torch.cuda.is_available():
         raise KitError("profile 'paper' (512 px, 10,000 images, 100 epochs per run) needs a CUDA GPU; "
                        "allowed here: smoke, cpu (the notebooks state the paper profile's GPU hours)")
-    seeds = seeds or profile.seeds
+    seeds = profile.seeds if seeds is None else seeds
     if seeds < 1:
         raise KitError(f"seeds {seeds} must be at least 1")
     root = Path(out).resolve() if out else runs_root().resolve()
     target = root / profile.name
     paths = numbered_notebooks(folder, only)
+    check_writable_folder(target)  # before the first notebook: --out or $KIT_RUNS may be a file, or read-only
     given = {"profile": profile.name, "seeds": seeds, "interactive": False}
     timings = []
     start = time.perf_counter()

@@ -27,10 +27,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .files import atomic_write
 from .memory import PaperRow
 from .patches import grid_shape, inner_iterations
 from .pretrain import load_weights_card
-from .train import TrainConfig, atomic_write, train
+from .train import TrainConfig, train
 
 GiB = 2**30
 

@@ -243,7 +243,7 @@ def test_cache_keeps_images_in_memory(tmp_path):
     uncached.raw(0)
     (folder / cached.manifest[0]["image"]).unlink()
     assert np.array_equal(cached.raw(0), first)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(KitError, match="000000.png is unreadable .*No such file"):
         uncached.raw(0)
 
 

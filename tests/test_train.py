@@ -43,9 +43,11 @@ def test_finished_run_is_read_back_not_redone(tiny_data, tmp_path):
     again = train(config, tmp_path / "run", progress=False)
     assert again["final"] == first["final"]
     assert (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns == mtime
-    # the finished checkpoint keeps the weights, not the optimizer's state, and still evaluates
+    # the finished checkpoint keeps the weights and what the summary is made of, not the optimizer's
+    # state, and still evaluates
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-    assert set(state) == {"model", "history", "config"}
+    assert set(state) == {"model", "history", "predictions", "config"}
+    assert not (tmp_path / "run" / "checkpoint.prev.pt").exists()
     assert evaluate_run(tmp_path / "run", device="cpu")["accuracy"] == first["final"]["accuracy"]
 
 
@@ -142,5 +144,5 @@ def test_trunk_lr_scale_slows_exactly_the_weights_file_s_trunk(method, backbone,
 def test_trunk_lr_scale_is_left_out_of_the_run_key_at_its_default():
     assert "trunk_lr_scale" not in TrainConfig(method="gd").key()
     assert TrainConfig(method="gd", trunk_lr_scale=0.1).key()["trunk_lr_scale"] == 0.1
-    with pytest.raises(KitError, match="trunk lr scale"):
+    with pytest.raises(KitError, match="trunk lr scale 0 is not allowed"):
         TrainConfig(method="gd", trunk_lr_scale=0).validate()
