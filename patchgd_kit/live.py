@@ -95,8 +95,8 @@ ALGORITHM1 = [
     ("for j : 1 to ζ do", "for j in range(1, zeta + 1):", ""),
     ("for X in 𝒳 do", "cells = schedule[j - 1]", "all images at once: a batch dimension, not a loop"),
     ("{P_X,j, v} = patch_sampler(X, k)", "schedule = sample_schedule(",
-     "kit's reading: the paper leaves the sampler open; the kit draws per image, without replacement "
-     "across the ζ inner iterations, so Max Sampled 100% visits every cell once"),
+     "per image (§3.2); kit's reading, the paper leaves it open: without replacement across the ζ "
+     "inner iterations, so Max Sampled 100% visits every cell once"),
     ("z = f_θ1(P_X,j)", "z_new = model.backbone(", ""),
     ("Z[v] = z", "z_prime = z.scatter(", "out of place: gradient reaches θ1 only through the k new cells"),
     ("y_pred = g_θ2(Z); L = calculate(y, y_pred)", "loss = nn.functional.cross_entropy(", ""),
