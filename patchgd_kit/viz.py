@@ -357,7 +357,8 @@ def plot_memory(peaks: dict[str, int], budgets_gib=(4, 16), title: str = "") -> 
         ax.text(budget * GiB / unit, len(labels) - 0.5, f" {budget} GB budget", color=GRADIENT, fontsize=8,
                 va="bottom")
     ax.set_xlim(0, max([largest / unit * 1.3] + [b * GiB / unit * 1.15 for b in budgets]))
-    ax.set(xlabel=f"estimated peak GPU memory of one training step ({unit_name})", title=title)
+    ax.set(xlabel=f"peak GPU memory of one training step ({unit_name}), estimated by the planner, "
+                  "not yet checked on a GPU", title=title)
     ax.invert_yaxis()
     return fig
 
