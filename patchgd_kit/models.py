@@ -3,8 +3,10 @@
 - GD: the torchvision model with its classifier set to the number of classes.
 - PatchGD: f_θ1 = backbone → global pool → Linear(features → s = 256), one patch → one latent vector;
   g_θ2 = the head below on the Z block (B, s, m, n).
-- GD-extended: the backbone's last feature map → 1×1 projection to 256 channels → the same head
-  (paper §4.2, Appendix C), to rule out the head's extra parameters as the reason PatchGD wins.
+- GD-extended: the backbone's last feature map → 1×1 projection to 256 channels → the same head, to
+  rule out the head's extra parameters as the reason PatchGD wins. The paper (§4.2, Appendix C) says
+  only "extended with a similar head"; the 1×1 projection is the kit's reading: the smallest layer
+  that gives the head the 256-channel input it has in PatchGD.
 """
 from __future__ import annotations
 

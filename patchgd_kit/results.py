@@ -473,11 +473,12 @@ def notes(results: list[RowResult]) -> str:
         + ("; at this scale times the profile's one batch factor (the scale line says which), so the ratios "
            "between the budgets' batches, the regime the paper compares, stay; capped by the training set "
            "where shown smaller" if capped else "; used unchanged at this scale"),
-        "- peak memory: estimated by the planner for the planned batch at the paper's scale; measured "
-        "(CUDA only, peak allocated) for the run at this scale",
+        "- peak memory: estimated by the planner for the planned batch at the paper's scale (not yet checked "
+        "on a GPU); measured (CUDA only, peak allocated) for the run at this scale",
         "- images/s: training images per second, mean over epochs and seeds (the first epoch includes warm-up)",
-        f"- init: {init_name(first.config.weights)} weights. The paper started from ImageNet weights, and its "
-        "low-memory UltraMNIST PatchGD runs from a backbone first trained with GD for 100 epochs (Appendix C); "
+        f"- init: {init_name(first.config.weights)} weights. The official code starts from ImageNet weights (the "
+        "paper says \"pretrained\"), and the paper's low-memory UltraMNIST PatchGD runs from a backbone first "
+        "trained with GD for 100 epochs (Appendix C); "
         "offline, the kit pretrains each backbone on single bundled MNIST digits instead (pretrain.py), the "
         "same init for every method of a table.",
     ]

@@ -255,6 +255,19 @@ def _step_iterations(zeta: int, grad_accum: int) -> list[int]:
     return sorted(set(range(grad_accum, zeta + 1, grad_accum)) | {zeta})
 
 
+def _shown_iterations(zeta: int, most: int) -> list[int]:
+    """The inner iterations a figure draws: all of them, or the first most - 1 and the last."""
+    return list(range(1, zeta + 1)) if zeta <= most else [*range(1, most), zeta]
+
+
+def _cell_states(schedule: torch.Tensor, j: int, m: int) -> np.ndarray:
+    """(m, m, 3) colours of the cells at inner iteration j: sampled now, refreshed earlier, or stale."""
+    state = np.tile(to_rgb(STALE), (m * m, 1))
+    state[schedule[:j - 1].flatten().numpy()] = to_rgb(REFRESHED)
+    state[schedule[j - 1].numpy()] = to_rgb(GRADIENT)
+    return state.reshape(m, m, 3)
+
+
 def plot_inner_iterations(image: np.ndarray, patch_size: int, schedule: torch.Tensor, grad_accum: int,
                           most: int = 6) -> Figure:
     """Algorithm 1 on one image: for inner iterations j = 1, 2, ... which cells carry gradient (k
@@ -263,16 +276,13 @@ def plot_inner_iterations(image: np.ndarray, patch_size: int, schedule: torch.Te
     cell coloured by the j that sampled it; white: never sampled in this batch)."""
     zeta = schedule.shape[0]
     m = image.shape[0] // patch_size
-    shown = list(range(1, zeta + 1)) if zeta <= most else [*range(1, most), zeta]
+    shown = _shown_iterations(zeta, most)
     steps = set(_step_iterations(zeta, grad_accum))
     fig, axes = _axes(len(shown) + 1, size=2.3, height=2.6)
     extent = (-0.5, image.shape[0] - 0.5, image.shape[0] - 0.5, -0.5)  # cells over the image's pixels
     for ax, j in zip(axes[0], shown):
-        state = np.tile(to_rgb(STALE), (m * m, 1))
-        state[schedule[:j - 1].flatten().numpy()] = to_rgb(REFRESHED)
-        state[schedule[j - 1].numpy()] = to_rgb(GRADIENT)
         _show_image(ax, image)
-        ax.imshow(state.reshape(m, m, 3), alpha=0.6, interpolation="nearest", extent=extent)
+        ax.imshow(_cell_states(schedule, j, m), alpha=0.6, interpolation="nearest", extent=extent)
         ax.set_title(f"j = {j}" + (" · optimizer step" if j in steps else ""), fontsize=9)
     if zeta > most:
         axes[0, most - 2].set_xlabel("…", fontsize=14)
@@ -290,6 +300,42 @@ def plot_inner_iterations(image: np.ndarray, patch_size: int, schedule: torch.Te
     ax.set_yticks([])
     fig.suptitle(f"orange: k = {schedule.shape[1]} cells with gradient · blue: refreshed earlier (constant) · "
                  f"grey: value from the fill · optimizer steps after j = {sorted(steps)}", fontsize=9)
+    return fig
+
+
+def _outline_cells(ax, cells, n: int) -> None:
+    for cell in cells:
+        a, b = divmod(int(cell), n)
+        ax.add_patch(Rectangle((b - 0.5, a - 0.5), 1, 1, fill=False, edgecolor=GRADIENT, linewidth=1.5))
+
+
+def plot_live_batch(image: np.ndarray, patch_size: int, batch, most: int = 6) -> Figure:
+    """One batch of Algorithm 1 as `live.run_live_batch` recorded it, one column per inner iteration
+    j: the cells (orange: sampled now, with gradient), then Σ|∂L/∂X| and ‖∂L/∂Z‖ per cell, with the
+    sampled cells outlined. Each heat map has its own colour scale; grey cells are exactly zero."""
+    zeta, k = batch.schedule.shape
+    m = image.shape[0] // patch_size
+    shown = _shown_iterations(zeta, most)
+    fig, axes = _axes(len(shown), 3, size=2.3, height=2.4)
+    extent = (-0.5, image.shape[0] - 0.5, image.shape[0] - 0.5, -0.5)
+    heat = colormaps["viridis"].with_extremes(bad=STALE)
+    for column, j in enumerate(shown):
+        _show_image(axes[0, column], image, f"j = {j}" + (" · optimizer step" if j in batch.steps_after else ""))
+        axes[0, column].imshow(_cell_states(batch.schedule, j, m), alpha=0.6, interpolation="nearest", extent=extent)
+        for row, grads, name in ((1, batch.grad_x, "∂L/∂X"), (2, batch.grad_z, "∂L/∂Z")):
+            values, ax = grads[j - 1].numpy(), axes[row, column]
+            ax.imshow(np.ma.masked_equal(values, 0), cmap=heat, interpolation="nearest")
+            _outline_cells(ax, batch.schedule[j - 1], m)
+            ax.set_title(f"{name} ≠ 0: {np.count_nonzero(values)}/{values.size} cells", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for row, label in enumerate(("cells at j", "Σ|∂L/∂X| per cell", "‖∂L/∂Z‖ per cell")):
+        axes[row, 0].set_ylabel(label, fontsize=9)
+    if zeta > most:
+        axes[2, most - 2].set_xlabel("…", fontsize=14)
+    fig.suptitle(f"Algorithm 1 on one image: k = {k}, ζ = {zeta}, optimizer steps after j = {batch.steps_after}\n"
+                 "orange: the k cells sampled at j (blue: earlier) · heat maps: own scale each, grey = exactly 0",
+                 fontsize=9)
     return fig
 
 
@@ -311,7 +357,8 @@ def plot_memory(peaks: dict[str, int], budgets_gib=(4, 16), title: str = "") -> 
         ax.text(budget * GiB / unit, len(labels) - 0.5, f" {budget} GB budget", color=GRADIENT, fontsize=8,
                 va="bottom")
     ax.set_xlim(0, max([largest / unit * 1.3] + [b * GiB / unit * 1.15 for b in budgets]))
-    ax.set(xlabel=f"estimated peak GPU memory of one training step ({unit_name})", title=title)
+    ax.set(xlabel=f"peak GPU memory of one training step ({unit_name}), estimated by the planner, "
+                  "not yet checked on a GPU", title=title)
     ax.invert_yaxis()
     return fig
 

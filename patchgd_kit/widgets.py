@@ -1,40 +1,59 @@
 """Widgets of the teaching notebooks: controls wired to figures that redraw on every change.
 
-Every builder takes ``interactive``. True returns the controls above an output area (JupyterLab);
-False draws once with the starting values into the cell's ordinary output, which papermill and
-nbval keep. A value that makes no valid choice (a patch size that does not divide the image, ε
-larger than ζ, ...) shows the kit's one-line KitError message in the output, not a traceback.
+Every builder takes ``interactive``. With a frontend that draws widgets (JupyterLab, Notebook, VS
+Code) True returns the controls above an output area. Without one (papermill, nbclient, `jupyter
+nbconvert --execute`, nbval, plain Python), or with False, it draws once with the starting values
+into the cell's ordinary output: static PNGs that papermill and nbval keep and that GitHub, nbviewer
+and exported HTML show. A value that makes no valid choice (a patch size that does not divide the
+image, ε larger than ζ, ...) shows the kit's one-line KitError message, not a traceback, either way.
 """
 from __future__ import annotations
 
 import ipywidgets as W
 import numpy as np
+import torch
+from IPython import get_ipython
 from IPython.display import display
 
-from . import viz
+from . import live, viz
 from .data import generate_image
 from .errors import KitError
 from .notebook import peak_memory_estimates
 from .train import TrainConfig
 
 
+def has_frontend() -> bool:
+    """Whether the running cell came from a frontend that draws widgets. JupyterLab, Notebook and VS
+    Code send execute requests with allow_stdin true; nbclient (papermill, `nbconvert --execute`) and
+    nbval send false, having nobody to type into a prompt, and nobody to move a slider either. Outside
+    a kernel (plain Python, an IPython terminal) there is no frontend at all."""
+    kernel = getattr(get_ipython(), "kernel", None)
+    parent = kernel.get_parent("shell") if kernel is not None else None
+    return bool((parent or {}).get("content", {}).get("allow_stdin"))
+
+
+def _render_or_explain(render, values: dict) -> None:
+    try:
+        render(**values)
+    except KitError as e:
+        print(f"Not a valid choice: {e}")
+
+
 def _explorer(render, controls: dict, interactive: bool, extra=()):
-    """`render(**values)` on the controls' values: once now, and on every change when interactive."""
+    """`render(**values)` on the controls' values: once now, and on every change when interactive
+    and a frontend can show the controls."""
     def values():
         return {name: control.value for name, control in controls.items()}
 
-    if not interactive:
-        render(**values())
+    if not (interactive and has_frontend()):
+        _render_or_explain(render, values())
         return None
     out = W.Output()
 
     def redraw(_change=None):
         with out:
             out.clear_output(wait=True)  # keep the old figure until the new one is ready: no flicker
-            try:
-                render(**values())
-            except KitError as e:
-                print(f"Not a valid choice: {e}")
+            _render_or_explain(render, values())
 
     for control in controls.values():
         control.observe(redraw, names="value")
@@ -66,7 +85,7 @@ def z_filling_player(image: np.ndarray, z_rgb: np.ndarray, patch_size: int, *, i
     """Z as Algorithm 2 fills it, one patch at a time: a slider (and a play button) over the steps.
     Not interactive: a strip of four steps, from the first patch to the full Z."""
     cells = z_rgb.shape[0] * z_rgb.shape[1]
-    if not interactive:
+    if not (interactive and has_frontend()):
         display(viz.plot_z_filling(image, z_rgb, patch_size, sorted({max(1, cells * q // 4) for q in (1, 2, 3, 4)})))
         return None
     step = W.IntSlider(value=1, min=1, max=cells, description="patches")
@@ -106,5 +125,27 @@ def schedule_explorer(image: np.ndarray, *, backbone: str, patch_size: int, samp
         "sampling_percent": W.IntSlider(value=round(sampling * 100), description="Sampling %", **percent),
         "max_sampled_percent": W.IntSlider(value=round(max_sampled * 100), description="Max Sampled %", **percent),
         "grad_accum": W.BoundedIntText(value=grad_accum, min=1, max=4096, description="ε"),
+    }
+    return _explorer(render, controls, interactive)
+
+
+def algorithm1_player(model, image: np.ndarray, x: torch.Tensor, label: int, *, k: int, zeta: int, grad_accum: int,
+                      seed: int = 0, interactive: bool = True):
+    """One batch of Algorithm 1 run live (`live.run_live_batch`: the kit's `train_batch` on a copy of
+    `model`) on one image (`x`, normalised, is what the model sees; `image` is what is drawn), for k,
+    ζ and ε: the table of what each inner iteration did, and the figure of sampled cells, ∂L/∂X and ∂L/∂Z."""
+    cells = model.grid[0] * model.grid[1]
+
+    def render(k, zeta, grad_accum):
+        batch = live.run_live_batch(model, x, label, k=k, inner_iterations=zeta, grad_accum=grad_accum, seed=seed)
+        print(live.live_table(batch).to_string())
+        display(viz.plot_live_batch(image, model.patch_size, batch))
+
+    controls = {
+        # Sliders stop at valid values; ε above ζ is still possible, and says why it is refused.
+        "k": W.IntSlider(value=k, min=1, max=cells, description="k", continuous_update=False),
+        "zeta": W.IntSlider(value=zeta, min=1, max=max(zeta, cells), description="ζ", continuous_update=False),
+        "grad_accum": W.IntSlider(value=grad_accum, min=1, max=max(zeta, cells), description="ε",
+                                  continuous_update=False),
     }
     return _explorer(render, controls, interactive)

@@ -1,4 +1,4 @@
-"""The committed teaching notebooks: their form (parameters cell, stripped outputs) and the runner."""
+"""The committed notebooks: their form (parameters cell, stripped outputs) and the runner."""
 import ast
 import copy
 from pathlib import Path
@@ -12,8 +12,9 @@ from patchgd_kit.errors import KitError
 from patchgd_kit.notebook import run_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-TEACHING = ["01_generate_ultramnist.ipynb", "02_zblock_filling.ipynb", "03_train_gd.ipynb",
-            "04_train_patchgd.ipynb"]
+ALL = sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+TEACHING = ALL[:4]  # 01-04 teach, 05-10 reproduce the paper's figure and tables
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 # What `nbstripout` strips by default besides outputs and counts.
 NBSTRIPOUT_KEYS = ["metadata.signature", "metadata.widgets", "cell.metadata.collapsed", "cell.metadata.ExecuteTime",
                    "cell.metadata.execution", "cell.metadata.heading_collapsed", "cell.metadata.hidden",
@@ -28,7 +29,11 @@ def _tags(cell):
     return cell.metadata.get("tags", [])
 
 
-@pytest.mark.parametrize("name", TEACHING)
+def test_all_ten_notebooks_are_checked():
+    assert len(ALL) == 10 and TEACHING[-1] == "04_train_patchgd.ipynb"
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_notebook_is_valid_and_parameterised(name):
     nb = _read(name)
     nbformat.validate(nb)
@@ -46,7 +51,7 @@ def test_notebook_is_valid_and_parameterised(name):
     assert list(papermill.inspect_notebook(str(NOTEBOOKS / name))) == names
 
 
-@pytest.mark.parametrize("name", TEACHING)
+@pytest.mark.parametrize("name", ALL)
 def test_only_checked_cells_keep_their_outputs(name):
     nb = _read(name)
     for cell in nb.cells:
@@ -65,7 +70,7 @@ def test_only_checked_cells_keep_their_outputs(name):
     assert stripped == nb
 
 
-@pytest.mark.parametrize("name", TEACHING)
+@pytest.mark.parametrize("name", ALL)
 def test_plots_inline_and_never_set_the_backend(name):
     text = (NOTEBOOKS / name).read_text()
     assert "MPLBACKEND" not in text and "matplotlib.use" not in text
@@ -78,12 +83,47 @@ def test_unknown_parameter_is_an_error_before_anything_runs(tmp_path):
     assert not (tmp_path / "out.ipynb").exists()
 
 
+@pytest.mark.parametrize("name", TEACHING)
+def test_teaching_notebooks_end_with_a_summary_and_exercises_with_folded_answers(name):
+    cells = [c for c in _read(name).cells if c.cell_type == "markdown"]
+    summary, exercises = cells[-2].source, cells[-1].source
+    assert summary.startswith("## Summary") and exercises.startswith("## Exercises")
+    answers = exercises.count("<details><summary>Answer</summary>")
+    assert 3 <= answers <= 5 and answers == exercises.count("</details>")
+
+
+@pytest.mark.parametrize("name", ALL[4:])
+def test_reproduction_notebooks_say_what_to_look_for_and_ask(name):
+    sources = [c.source for c in _read(name).cells if c.cell_type == "markdown"]
+    assert any(source.startswith("## What to look for") for source in sources)
+    questions = next(source for source in sources if source.startswith("## Questions"))
+    assert 1 <= questions.count("<details>") <= 2
+
+
+def _image_outputs(cell):
+    return [o for o in cell.outputs if "image/png" in o.get("data", {})]
+
+
 @pytest.mark.slow
-def test_papermill_run_draws_the_widgets_into_ordinary_outputs(tmp_path, monkeypatch):
+def test_papermill_without_parameters_draws_the_widgets_as_static_pngs(tmp_path, monkeypatch):
+    """`papermill 02_zblock_filling.ipynb out.ipynb`, no -p: the widgets see no frontend and draw PNGs
+    into ordinary outputs, which GitHub, nbviewer and exported HTML show."""
+    monkeypatch.setenv("KIT_PROFILE", "smoke")  # the environment, as under nbval: no parameter is passed
     monkeypatch.setenv("KIT_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    out = run_notebook(NOTEBOOKS / TEACHING[0], tmp_path / "01.ipynb", {"profile": "smoke", "interactive": False})
-    cells = [c for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"]
-    explorer = next(c for c in cells if "sample_explorer" in c.source)
-    assert any("image/png" in o.get("data", {}) for o in explorer.outputs)
+    executed = {}
+    for name in TEACHING[:2]:
+        out = run_notebook(NOTEBOOKS / name, tmp_path / name)
+        executed[name] = [c for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"]
+        widget_cells = [c for c in executed[name] if "widgets." in c.source]
+        assert widget_cells
+        for cell in widget_cells:
+            assert _image_outputs(cell), f"{name}: no PNG from {cell.source}"
+            assert not any(WIDGET_VIEW in o.get("data", {}) for o in cell.outputs), cell.source
+    cells = executed[TEACHING[1]]
+    source = next(c for c in cells if "SourceBesideAlgorithm" in c.source)
+    assert "def train_batch(" in source.outputs[0]["data"]["text/plain"]
+    assert "Algorithm 1 (the paper)" in source.outputs[0]["data"]["text/html"]
+    live = next(c for c in cells if "algorithm1_player" in c.source)
+    assert "exactly the sampled" in live.outputs[0]["text"] and len(_image_outputs(live)) == 1
     assert (tmp_path / "runs" / "smoke" / "data").is_dir()

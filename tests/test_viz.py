@@ -4,8 +4,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from patchgd_kit import viz, widgets
-from patchgd_kit.data import UltraMNIST, generate_image, load_digit_pools
+from patchgd_kit import live, viz, widgets
+from patchgd_kit.data import UltraMNIST, generate_image, load_digit_pools, normalize_uint8
+from patchgd_kit.models import build_model
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +89,35 @@ def test_history_figures_and_comparison_table():
     assert len(plot.history) == 2
 
 
-def test_invalid_widget_choices_print_one_line_instead_of_raising(image, capsys):
+def test_invalid_widget_choices_print_one_line_instead_of_raising(image, capsys, monkeypatch):
     picture = image[0]
-    explorer = widgets.schedule_explorer(picture, backbone="mobilenet_v2", patch_size=48, sampling=0.25,
-                                         max_sampled=1.0, grad_accum=1)
-    assert explorer is not None
+    bad = dict(backbone="mobilenet_v2", patch_size=48, sampling=0.25, max_sampled=1.0, grad_accum=1)
+    assert widgets.schedule_explorer(picture, **bad) is None  # no frontend here: drawn, not a widget
     assert "Not a valid choice: image size 128 is not a multiple of the patch size 48" in capsys.readouterr().out
-    widgets.schedule_explorer(picture, backbone="mobilenet_v2", patch_size=64, sampling=0.25, max_sampled=1.0,
-                              grad_accum=9)
+    monkeypatch.setattr(widgets, "has_frontend", lambda: True)
+    assert widgets.schedule_explorer(picture, **bad) is not None
+    assert "Not a valid choice: image size 128 is not a multiple of the patch size 48" in capsys.readouterr().out
+    widgets.schedule_explorer(picture, **{**bad, "patch_size": 64, "grad_accum": 9})
     assert "ε = 9 must be between 1 and the number of inner iterations ζ = 4" in capsys.readouterr().out
+
+
+class FakeKernel:
+    def __init__(self, allow_stdin):
+        self.allow_stdin = allow_stdin
+
+    def get_parent(self, channel):
+        return {"content": {"code": "", "allow_stdin": self.allow_stdin}}
+
+
+@pytest.mark.parametrize("shell, expected", [
+    (None, False),                                              # plain Python
+    (object(), False),                                          # an IPython terminal: no kernel
+    (type("Shell", (), {"kernel": FakeKernel(False)})(), False),  # papermill, nbconvert, nbval
+    (type("Shell", (), {"kernel": FakeKernel(True)})(), True),    # JupyterLab, Notebook, VS Code
+])
+def test_widgets_know_whether_a_frontend_can_draw_them(monkeypatch, shell, expected):
+    monkeypatch.setattr(widgets, "get_ipython", lambda: shell)
+    assert widgets.has_frontend() is expected
 
 
 def test_widgets_draw_once_when_not_interactive(pool, image, capsys):
@@ -107,3 +128,24 @@ def test_widgets_draw_once_when_not_interactive(pool, image, capsys):
     out = capsys.readouterr().out
     assert "k 1 · ζ 4 · ε 2 · optimizer steps 2 · cells visited 4 · coverage % 100" in out
     assert out.count("Figure") == 4  # outside IPython, display() prints each figure's repr
+
+
+def test_algorithm1_player_draws_the_live_batch_and_refuses_bad_values(image, capsys):
+    picture, digits, _ = image
+    torch.manual_seed(0)
+    model = build_model("patchgd", "mobilenet_v2", num_classes=10, image_size=128, patch_size=32).eval()
+    x = normalize_uint8(torch.from_numpy(picture))
+    assert widgets.algorithm1_player(model, picture, x, sum(digits), k=4, zeta=4, grad_accum=2) is None
+    out = capsys.readouterr().out
+    assert "exactly the sampled" in out and out.count("Figure") == 1
+    widgets.algorithm1_player(model, picture, x, sum(digits), k=4, zeta=2, grad_accum=3)
+    assert capsys.readouterr().out.strip() == ("Not a valid choice: ε = 3 must be between 1 and the number of "
+                                               "inner iterations ζ = 2")
+
+
+def test_live_batch_figure_for_short_and_long_schedules(image):
+    picture = image[0]
+    for k, zeta in ((4, 4), (1, 9)):
+        batch = live.LiveBatch(viz.one_image_schedule(16, k, zeta, seed=0), torch.rand(zeta, 4, 4),
+                               torch.rand(zeta, 4, 4), [zeta], 2.3)
+        assert isinstance(viz.plot_live_batch(picture, 32, batch), Figure)
