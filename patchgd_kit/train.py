@@ -155,10 +155,11 @@ def use_channels_last(config: TrainConfig, device: torch.device) -> bool:
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam without weight decay (the official code), the pretrained trunk at lr × trunk_lr_scale."""
+    """Adam without weight decay (the official code): the new layers at lr (group 0, the lr the
+    metrics report), the pretrained trunk at lr × trunk_lr_scale (group 1)."""
     trunk = {id(p) for p in trunk_of(model, config.backbone).parameters()}
-    groups = [{"params": [p for p in model.parameters() if id(p) in trunk], "lr": config.lr * config.trunk_lr_scale},
-              {"params": [p for p in model.parameters() if id(p) not in trunk], "lr": config.lr}]
+    groups = [{"params": [p for p in model.parameters() if id(p) not in trunk], "lr": config.lr},
+              {"params": [p for p in model.parameters() if id(p) in trunk], "lr": config.lr * config.trunk_lr_scale}]
     return torch.optim.Adam(groups, lr=config.lr)
 
 
