@@ -86,8 +86,8 @@ PROFILES: dict[str, Profile] = {
         epochs=2, warmup_epochs=0.5, sampling=0.25, max_sampled=1.0, panda_scale=16, panda_grid_scale=4,
         panda_per_class_train=8, panda_per_class_test=4, panda_epochs=1, seeds=1, batch_scale=0.25,
         max_batch_size=None, weights="digits", pretrain_steps=800, trunk_lr_scale=0.1,
-        description="default without a GPU: every figure and table in at most 60 minutes on 2 cores; UltraMNIST "
-                    "at 128 px on 4,500 images x 2 epochs (ResNet50 rows 64 px, 1,500 x 3), digits of at "
+        description="default without a GPU: every figure and table on 2 cores (aimed at 60 minutes, now over: "
+                    "docs/cpu-scale.md); UltraMNIST at 128 px on 4,500 images x 2 epochs (ResNet50 rows 64 px, 1,500 x 3), digits of at "
                     "least 24 px (12 px), digits-pretrained backbones with trunk lr x 0.1, planned batches x 1/4",
         backbone_scale={"resnet50": {"image_size": 64, "patch_size": 32, "min_digit_side": 12, "pretrain_steps": 600,
                                      "per_class_train": 150, "epochs": 3}},

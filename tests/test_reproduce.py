@@ -35,7 +35,9 @@ def test_a_row_runs_at_the_profiles_scale_with_the_planned_batch_capped(smoke_ru
     assert Path(config.weights).name == "resnet50-digits-64px-crop32-min4px-2steps-seed0.pt"
     assert Path(config.weights).is_file()
     assert config.schedule() == (1, 4)  # the paper's k = 1, ζ = 4 on the 2×2 grid
-    assert scale == f"64 px, patch 32; {10 * profile.per_class_train} train / {10 * profile.per_class_test} test images; {profile.epochs} epochs"
+    assert config.trunk_lr_scale == profile.trunk_lr_scale == 0.1
+    assert scale == (f"64 px, patch 32; {10 * profile.per_class_train} train / {10 * profile.per_class_test} test "
+                     f"images; {profile.epochs} epochs; trunk lr × 0.1")
     uncapped, *_ = reproduce.row_config(table, table.row("patchgd_4gb"), get_profile("smoke", max_batch_size=None))
     assert uncapped.batch_size == min(FAKE_PLAN["batch_size"], 10 * profile.per_class_train)  # the train set caps it
 
