@@ -6,13 +6,47 @@ path and what to do, and exit with code 2; `--debug` (or KIT_DEBUG=1) adds the t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import os
 import sys
 import traceback
+import typing
 
 from .errors import KitError
+
+
+# Each command's one-line help and its description (`python -m patchgd_kit COMMAND --help`).
+ABOUT = {
+    "generate": (
+        'write an UltraMNIST split (PNG images, manifest.csv, card.json)',
+        'Generate UltraMNIST (paper Appendix B.2): 3-5 MNIST digits per image, label = their sum, classes '
+        'balanced.'),
+    "pretrain": (
+        'pretrain a backbone on the bundled MNIST digits (offline stand-in for ImageNet)',
+        'Train a torchvision backbone on a digit-recognition pretext task made from the bundled MNIST digits '
+        '(train pool only) and write its trunk; `train --weights FILE` loads it for gd, gd-extended and '
+        'patchgd. The same seed gives the same file.'),
+    "train": (
+        'train GD, GD-extended or PatchGD; rerun the same command to resume',
+        'Train one run into --out. The folder keeps config, metrics.jsonl and a checkpoint per epoch: '
+        'rerunning resumes, a finished run is not redone, and a different config in the same folder is '
+        'refused.'),
+    "evaluate": (
+        "evaluate a run's latest checkpoint on a test split",
+        "Accuracy, QWK and loss of a run's checkpoint; PatchGD infers head(fill_z(X))."),
+    "plan": (
+        'the largest batch (PatchGD: batch or k) that fits a GPU memory budget',
+        'Estimate the peak GPU memory of one training step on fake tensors (no GPU needed) and plan the '
+        'largest batch that fits the budget, less a margin for the CUDA context and the allocator. GB means '
+        "GiB. --table: the paper's Tables 1-5 at 4, 16 and 24 GB."),
+    "reproduce": (
+        "run every numbered notebook headless: the paper's figure and tables",
+        'Run notebooks/NN_*.ipynb in order with papermill into OUT/<profile>/ (executed notebooks, '
+        'figure2.png/.svg, table*.csv/.md, REPORT.md). Rerun after an interruption to resume: finished runs '
+        'are read back from the results store, a half-finished one resumes from its last epoch.'),
+}
 
 
 def _fraction(text: str) -> float:
@@ -22,10 +56,7 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number")
 
 
-def add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="write an UltraMNIST split (PNG images, manifest.csv, card.json)",
-                       description="Generate UltraMNIST (paper Appendix B.2): 3-5 MNIST digits per image, "
-                                   "label = their sum, classes balanced.")
+def add_generate(p) -> None:
     p.add_argument("--out", required=True, help="dataset folder; the split is written to OUT/<split>/")
     p.add_argument("--split", choices=["train", "test", "both"], default="both",
                    help="which split (train and test digits come from disjoint MNIST pools)")
@@ -48,20 +79,19 @@ def run_generate(args) -> None:
         print(f"{split}: {path}")
 
 
-def add_pretrain(sub) -> None:
+def add_pretrain(p) -> None:
     from .pretrain import DEFAULT_STEPS
-    p = sub.add_parser("pretrain", help="pretrain a backbone on the bundled MNIST digits (offline stand-in for ImageNet)",
-                       description="Train a torchvision backbone on a digit-recognition pretext task made from the "
-                                   "bundled MNIST digits (train pool only) and write its trunk; `train --weights "
-                                   "FILE` loads it for gd, gd-extended and patchgd. The same seed gives the same file.")
-    p.add_argument("--backbone", required=True, help="resnet50 | mobilenet_v2")
-    p.add_argument("--image-size", type=int, required=True, help="image side of the runs it is for (digit sizes scale with it)")
-    p.add_argument("--crop-size", type=int, default=None, help="crop side seen by the backbone (default: half the image, the 2×2 grid's patch)")
-    p.add_argument("--min-digit-side", type=int, default=None, help="digit side floor in px, as the data's (default: the recipe's 4)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps of 64 crops")
-    p.add_argument("--seed", type=int, default=0, help="random seed (init and crops)")
-    p.add_argument("--out", required=True, help="weights file to write")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    options = {
+        "--backbone": dict(required=True, help="resnet50 | mobilenet_v2"),
+        "--image-size": dict(type=int, required=True, help="image side of the runs it is for (digit sizes scale with it)"),
+        "--crop-size": dict(type=int, help="crop side seen by the backbone (default: half the image, the 2×2 grid's patch)"),
+        "--min-digit-side": dict(type=int, help="digit side floor in px, as the data's (default: the recipe's 4)"),
+        "--steps": dict(type=int, default=DEFAULT_STEPS, help="optimizer steps of 64 crops"),
+        "--seed": dict(type=int, default=0, help="random seed (init and crops)"),
+        "--out": dict(required=True, help="weights file to write"),
+        "--quiet": dict(action="store_true", help="no progress bar")}
+    for flag, settings in options.items():
+        p.add_argument(flag, **settings)
 
 
 def run_pretrain(args) -> None:
@@ -74,67 +104,63 @@ def run_pretrain(args) -> None:
     print(json.dumps(card, indent=2))
 
 
-def add_train(sub) -> None:
-    from .train import TrainConfig
-    d = TrainConfig()
-    p = sub.add_parser("train", help="train GD, GD-extended or PatchGD; rerun the same command to resume",
-                       description="Train one run into --out. The folder keeps config, metrics.jsonl and a "
-                                   "checkpoint per epoch: rerunning resumes, a finished run is not redone, "
-                                   "and a different config in the same folder is refused.")
-    p.add_argument("--data", required=True, help="dataset folder with train/ and test/ (from `generate`)")
+def _option_type(annotation):
+    """argparse's type for a TrainConfig field's annotation (bool: a flag; X | None: X)."""
+    kind = next((t for t in typing.get_args(annotation) if t is not type(None)), annotation)
+    return _fraction if kind is float else kind
+
+
+def add_config_options(parser, names, help_overrides: dict | None = None) -> None:
+    """An option per TrainConfig field in `names`, its help text the field's own (or the override);
+    every default is None, so that the fields left out keep TrainConfig's defaults."""
+    from .config import TrainConfig
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in names:
+            continue
+        text = (help_overrides or {}).get(f.name, f.metadata["help"])
+        flag = "--" + f.name.replace("_", "-")
+        if hints[f.name] is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            default = "" if f.default is None or f.name in (help_overrides or {}) else f" (default {f.default})"
+            parser.add_argument(flag, type=_option_type(hints[f.name]), default=None, help=text + default)
+
+
+def given_options(args, names) -> dict:
+    """The TrainConfig fields among `names` that were given on the command line."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+TRAIN_FIELDS_HELP = {"data": "dataset folder with train/ and test/ (from `generate`); required",
+                     "num_classes": "classes of the data (default: from its card.json: UltraMNIST 10, PANDA 6)",
+                     "batch_size": "images per batch (default 16, or planned from --memory-budget)"}
+
+
+def add_train(p) -> None:
+    from .config import TrainConfig
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--method", default=d.method, help="gd | gd-extended | patchgd")
-    p.add_argument("--backbone", default=d.backbone, help="resnet50 | mobilenet_v2 (torchvision)")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="image side in px; must match the data")
-    p.add_argument("--patch-size", type=int, default=d.patch_size, help="PatchGD patch side p; divides the image size")
-    p.add_argument("--sampling", type=_fraction, default=d.sampling,
-                   help="PatchGD: fraction of the m·n patches sampled per image per inner iteration (k = floor(f·m·n), at least 1)")
-    p.add_argument("--max-sampled", type=_fraction, default=d.max_sampled,
-                   help="PatchGD: fraction of the patches visited per batch; sets the inner iterations ζ = ceil(max·m·n / k)")
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum,
-                   help="PatchGD: ε, inner iterations per optimizer step (gradients averaged), 1..ζ")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="classes of the data (default: from its card.json: UltraMNIST 10, PANDA 6)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs (paper: 100)")
-    p.add_argument("--batch-size", type=int, default=None, help=f"images per batch (default {d.batch_size}, or planned from --memory-budget)")
-    p.add_argument("--memory-budget", default=None, help="plan the batch for a GPU memory budget such as 4GB, and enforce it on CUDA")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of Adam (paper: 1e-3)")
-    p.add_argument("--trunk-lr-scale", type=float, default=d.trunk_lr_scale,
-                   help="the pretrained trunk's lr is --lr times this, in (0, 1] (paper: 1, one lr for all)")
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up from 0 (paper: 2)")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (init, data order, patch sampling)")
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda")
-    p.add_argument("--amp", action="store_true", help="mixed precision: fp16 with loss scaling on CUDA, bf16 on CPU")
-    p.add_argument("--weights", default=None, help="backbone init: none (default), imagenet (download), or a local state-dict file")
-    p.add_argument("--channels-last", default=d.channels_last, help="auto | on | off (auto: measured choice per backbone)")
-    p.add_argument("--fill-chunk", type=int, default=d.fill_chunk, help="patches per backbone call while filling Z")
-    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    add_config_options(p, [f.name for f in dataclasses.fields(TrainConfig)], TRAIN_FIELDS_HELP)
     p.add_argument("--restart", action="store_true",
                    help="begin the run in --out again, discarding what it holds (another config, damaged files)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run_train(args) -> None:
+    from .config import TrainConfig
     from .data import UltraMNIST
-    from .train import TrainConfig, train
-    batch_size = args.batch_size if args.batch_size is not None or args.memory_budget else TrainConfig().batch_size
-    num_classes = (UltraMNIST(args.data, "train", cache=False).num_classes if args.num_classes is None
-                   else args.num_classes)
-    config = TrainConfig(method=args.method, backbone=args.backbone, data=args.data, image_size=args.image_size,
-                         num_classes=num_classes,
-                         patch_size=args.patch_size, sampling=args.sampling, max_sampled=args.max_sampled,
-                         grad_accum=args.grad_accum, epochs=args.epochs, batch_size=batch_size,
-                         memory_budget=args.memory_budget, lr=args.lr,
-                         trunk_lr_scale=args.trunk_lr_scale, warmup_epochs=args.warmup_epochs,
-                         seed=args.seed, device=args.device, amp=args.amp, weights=args.weights,
-                         channels_last=args.channels_last, fill_chunk=args.fill_chunk, workers=args.workers)
-    result = train(config, args.out, progress=not args.quiet, restart=args.restart)
+    from .training import train
+    values = given_options(args, [f.name for f in dataclasses.fields(TrainConfig)])
+    if "data" not in values:
+        raise KitError("train needs --data: a dataset folder with train/ and test/ (from `generate`)")
+    if "memory_budget" in values:
+        values.setdefault("batch_size", None)  # planned from the budget
+    values.setdefault("num_classes", UltraMNIST(values["data"], "train", cache=False).num_classes)
+    result = train(TrainConfig(**values), args.out, progress=not args.quiet, restart=args.restart)
     print(json.dumps({"run_dir": result["run_dir"], "final": result["final"]}, indent=2))
 
 
-def add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a run's latest checkpoint on a test split",
-                       description="Accuracy, QWK and loss of a run's checkpoint; PatchGD infers head(fill_z(X)).")
+def add_evaluate(p) -> None:
     p.add_argument("--run", required=True, help="run folder written by `train`")
     p.add_argument("--data", default=None, help="dataset folder (default: the one the run was trained on)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="which split to evaluate")
@@ -142,65 +168,47 @@ def add_evaluate(sub) -> None:
 
 
 def run_evaluate(args) -> None:
-    from .train import evaluate_run
+    from .training import evaluate_run
     print(json.dumps(evaluate_run(args.run, data=args.data, split=args.split, device=args.device), indent=2))
 
 
-def add_plan(sub) -> None:
-    from .train import TrainConfig
-    d = TrainConfig()
-    p = sub.add_parser("plan", help="the largest batch (PatchGD: batch or k) that fits a GPU memory budget",
-                       description="Estimate the peak GPU memory of one training step on fake tensors (no GPU "
-                                   "needed) and plan the largest batch that fits the budget, less a margin for "
-                                   "the CUDA context and the allocator. GB means GiB. --table: the paper's "
-                                   "Tables 1-5 at 4, 16 and 24 GB.")
+PLAN_FIELDS = ("method", "backbone", "image_size", "patch_size", "sampling", "batch_size", "grad_accum",
+               "num_classes", "fill_chunk", "amp")
+
+
+def add_plan(p) -> None:
     p.add_argument("--table", action="store_true", help="plan every row of the paper's Tables 1-5 at 4, 16 and 24 GB")
-    p.add_argument("--method", default=d.method, help="gd | gd-extended | patchgd")
-    p.add_argument("--backbone", default=d.backbone, help="resnet50 | mobilenet_v2")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="image side in px")
-    p.add_argument("--patch-size", type=int, default=d.patch_size, help="PatchGD patch side p")
-    p.add_argument("--sampling", type=_fraction, default=None,
-                   help=f"PatchGD: fraction of the patches per inner iteration, k = floor(f·m·n) (default "
-                        f"{d.sampling}; leave it out with --batch-size to plan k)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="check this batch (GD, or PatchGD with --sampling), or plan k for it (PatchGD)")
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum,
-                   help="PatchGD: ε; above 1, gradients stay alive between inner iterations")
-    p.add_argument("--num-classes", type=int, default=d.num_classes, help="classes (UltraMNIST 10, PANDA 6)")
-    p.add_argument("--fill-chunk", type=int, default=d.fill_chunk, help="patches per backbone call while filling Z")
+    add_config_options(p, PLAN_FIELDS, {
+        "sampling": "PatchGD: fraction of the patches per inner iteration, k = floor(f·m·n) (default 0.25; "
+                    "leave it out with --batch-size to plan k)",
+        "batch_size": "check this batch (GD, or PatchGD with --sampling), or plan k for it (PatchGD)",
+        "grad_accum": "PatchGD: ε; above 1, gradients stay alive between inner iterations (default 1)"})
     p.add_argument("--budget", default=None, help="GPU memory budget: 4GB, '16 GiB', 16G or bytes (GB = GiB = 2^30)")
-    p.add_argument("--amp", action="store_true", help="fp16 mixed precision")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def run_plan(args) -> None:
-    import dataclasses
-
-    from . import memory
-    from .results import memory_rows
-    from .train import TrainConfig
+    from . import memory, paperplans
+    from .config import TrainConfig
+    from .methods import uses_patches
     if args.table:
-        cells = memory.memory_table(memory_rows())
-        print(json.dumps(cells, indent=2) if args.json else memory.format_table(cells))
+        cells = paperplans.memory_table(paperplans.memory_rows())
+        print(json.dumps(cells, indent=2) if args.json else paperplans.format_table(cells))
         return
     if args.budget is None:
         raise KitError("plan needs --budget (such as 4GB) or --table")
-    sampling = args.sampling
-    if args.method == "patchgd" and sampling is None and args.batch_size is None:
-        sampling = TrainConfig().sampling
-    plan = memory.plan(args.method, args.backbone, args.image_size, args.budget, patch_size=args.patch_size,
-                       sampling=sampling, batch_size=args.batch_size, amp=args.amp, num_classes=args.num_classes,
-                       grad_accum=args.grad_accum, fill_chunk=args.fill_chunk)
+    given = given_options(args, PLAN_FIELDS)
+    d = {**dataclasses.asdict(TrainConfig()), "sampling": None, "batch_size": None, **given}
+    if uses_patches(d["method"]) and d["sampling"] is None and d["batch_size"] is None:
+        d["sampling"] = TrainConfig().sampling
+    plan = memory.plan(d["method"], d["backbone"], d["image_size"], args.budget, patch_size=d["patch_size"],
+                       sampling=d["sampling"], batch_size=d["batch_size"], amp=d["amp"],
+                       num_classes=d["num_classes"], grad_accum=d["grad_accum"], fill_chunk=d["fill_chunk"])
     print(json.dumps(dataclasses.asdict(plan), indent=2) if args.json else plan.summary())
 
 
-def add_reproduce(sub) -> None:
+def add_reproduce(p) -> None:
     from .profiles import PROFILES
-    p = sub.add_parser("reproduce", help="run every numbered notebook headless: the paper's figure and tables",
-                       description="Run notebooks/NN_*.ipynb in order with papermill into OUT/<profile>/ "
-                                   "(executed notebooks, figure2.png/.svg, table*.csv/.md, REPORT.md). "
-                                   "Rerun after an interruption to resume: finished runs are read back from "
-                                   "the results store, a half-finished one resumes from its last epoch.")
     p.add_argument("--profile", choices=list(PROFILES), default=None,
                    help="run size (default: $KIT_PROFILE, else cpu, also on a GPU machine: the paper "
                         "profile takes GPU hours, so it is asked for by name)")
@@ -230,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="PatchGD Kit: UltraMNIST, GD and PatchGD training, the paper's tables.")
     _add_debug(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add, _ in COMMANDS.values():
-        add(sub)
+    for name, (add, _) in COMMANDS.items():
+        text, description = ABOUT[name]
+        add(sub.add_parser(name, help=text, description=description))
     for command in sub.choices.values():  # after the command too; SUPPRESS keeps a --debug given before it
         _add_debug(command, argparse.SUPPRESS)
     return parser

@@ -7,11 +7,13 @@
   free (the kernel drops flock locks with their process), so the next run takes it over.
 - ``building``: make a folder under a temporary hidden name and rename it at the end, so it is
   complete or absent; leftovers of killed builds are removed.
+- ``content_hash``: the one hash of a JSON-able value (run keys, planner caches): sha256, hex.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -41,8 +43,20 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def write_text(path: Path, text: str) -> None:
+    """`text` into `path` atomically, its folder made first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def content_hash(value, length: int = 16) -> str:
+    """The first `length` hex digits of the sha256 of `value` as canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def save_torch(path: Path, obj) -> None:

@@ -30,27 +30,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import math
-import multiprocessing
 import re
 import warnings
-import weakref
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
 
-from . import gd, patchgd
 from .errors import KitError
-from .models import build_model
+from .livebytes import LiveBytes, fake_mode
+from .methods import StepSettings, build_model, method_of, uses_patches
 from .patches import grid_shape, patches_per_iteration
 
 GiB = 2**30
 CUDA_CONTEXT_BYTES = 512 * 2**20  # 0.3-0.5 GB on current GPUs, outside the caching allocator
 ALLOCATOR_HEADROOM = 0.10         # of the rest: cuDNN workspaces, fragmentation (reserved > allocated)
-BLOCK_BYTES = 512                 # the CUDA caching allocator rounds every allocation up to this
 
 
 # ---- budgets ---------------------------------------------------------------------------------
@@ -88,60 +83,6 @@ def budget_for(peak_bytes: int) -> int:
     return math.ceil(peak_bytes / (1 - ALLOCATOR_HEADROOM)) + CUDA_CONTEXT_BYTES + 1
 
 
-# ---- private PyTorch APIs: imported and used in this section only -------------------------------
-
-try:
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
-    _PRIVATE_API_ERROR = None
-except ImportError as exc:  # a PyTorch that moved them: every estimate takes the fallback
-    _PRIVATE_API_ERROR = exc
-    TorchDispatchMode = object
-
-
-@functools.lru_cache(maxsize=None)
-def _fake_mode() -> FakeTensorMode:
-    if _PRIVATE_API_ERROR is not None:
-        raise _PRIVATE_API_ERROR
-    return FakeTensorMode()  # one mode for all estimates: fake tensors stay bound to their mode
-
-
-class _LiveBytes(TorchDispatchMode):
-    """Bytes of live tensor storages and their peak, counting the tensors given at the start and
-    every tensor an operator returns while active. Views share a storage, which PyTorch keeps as
-    one Python object for its lifetime: its id is its key, and it leaves the count when freed.
-    (PyTorch's MemTracker counts the same way but costs about 7x more per operator, for its
-    per-module breakdown, and refuses a module called twice at the top level, as fill_z does.)"""
-
-    def __init__(self, *existing: torch.Tensor):
-        super().__init__()
-        self.live: dict[int, int] = {}
-        self.now = self.peak = 0
-        for t in existing:
-            self._count(t)
-
-    def _count(self, t: torch.Tensor) -> None:
-        storage = t.untyped_storage()
-        key, size = id(storage), -(-storage.nbytes() // BLOCK_BYTES) * BLOCK_BYTES
-        old = self.live.get(key)
-        if old is None:
-            weakref.finalize(storage, self._free, key)
-        self.live[key] = size  # a storage resized in place counts at its new size
-        self.now += size - (old or 0)
-        self.peak = max(self.peak, self.now)
-
-    def _free(self, key: int) -> None:
-        self.now -= self.live.pop(key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self._count(t)
-        return out
-
-
 # ---- the estimate ------------------------------------------------------------------------------
 
 class Estimate(NamedTuple):
@@ -150,7 +91,7 @@ class Estimate(NamedTuple):
 
 
 @dataclass(frozen=True)
-class _Step:
+class Step:
     """One training step to estimate (hashable: estimates are cached per step)."""
     method: str
     backbone: str
@@ -169,21 +110,20 @@ class _Step:
         return self.method, self.backbone, self.num_classes, self.image_size, self.patch_size
 
 
-def _inputs(step: _Step) -> tuple[torch.Tensor, torch.Tensor]:
+def step_inputs(step: Step) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.randn(step.batch_size, 3, step.image_size, step.image_size),
             torch.zeros(step.batch_size, dtype=torch.long))
 
 
-def _run(step: _Step, model, optimizer, images, labels, amp_dtype) -> None:
-    """The kit's real training step (the scaler is left out: its memory is a few scalars)."""
-    if step.method == "patchgd":
-        patchgd.train_batch(model, images, labels, optimizer, k=step.k, inner_iterations=step.inner_iterations,
-                            grad_accum=step.inner_iterations, fill_chunk=step.fill_chunk, amp_dtype=amp_dtype)
-    else:
-        gd.train_batch(model, images, labels, optimizer, amp_dtype=amp_dtype)
+def run_step(step: Step, model, optimizer, images, labels, amp_dtype) -> None:
+    """The method's real training step (the scaler is left out: its memory is a few scalars); with
+    two inner iterations their gradients accumulate (ε = 2)."""
+    settings = StepSettings(k=step.k, inner_iterations=step.inner_iterations, grad_accum=step.inner_iterations,
+                            fill_chunk=step.fill_chunk, amp_dtype=amp_dtype)
+    method_of(step.method).train_batch(model, images, labels, optimizer, settings)
 
 
-def _primed(model_args: tuple):
+def primed_model(model_args: tuple):
     """A model and its Adam with the moments made, as from the second step of training on."""
     model = build_model(*model_args)
     optimizer = torch.optim.Adam(model.parameters(), foreach=True)
@@ -194,30 +134,30 @@ def _primed(model_args: tuple):
     return model, optimizer
 
 
-def _step_peak(step: _Step, model, optimizer) -> int:
+def step_peak(step: Step, model, optimizer) -> int:
     """Peak live bytes of one step, counting the model, Adam's moments and the inputs."""
-    images, labels = _inputs(step)
+    images, labels = step_inputs(step)
     optimizer.zero_grad(set_to_none=True)  # an estimate that failed midway may have left gradients
     state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-    with _LiveBytes(*model.parameters(), *model.buffers(), *state, images, labels) as live:
-        _run(step, model, optimizer, images, labels, torch.float16 if step.amp else None)
+    with LiveBytes(*model.parameters(), *model.buffers(), *state, images, labels) as live:
+        run_step(step, model, optimizer, images, labels, torch.float16 if step.amp else None)
     return live.peak
 
 
 @functools.lru_cache(maxsize=8)
 def _fake_model(model_args: tuple):
     """A primed fake model, shared by the estimates of one model: a step leaves it as it found it."""
-    with _fake_mode():
-        return _primed(model_args)
+    with fake_mode():
+        return primed_model(model_args)
 
 
-def _fake_tensor_peak(step: _Step) -> int:
+def _fake_tensor_peak(step: Step) -> int:
     model, optimizer = _fake_model(step.model_args)
-    with _fake_mode():
-        return _step_peak(step, model, optimizer)
+    with fake_mode():
+        return step_peak(step, model, optimizer)
 
 
-def _saved_tensor_peak(step: _Step) -> int:
+def _saved_tensor_peak(step: Step) -> int:
     """Fallback, public APIs only: parameters, gradients, Adam's two moments, buffers and inputs,
     plus the bytes autograd saves for backward in one step. It misses transients (the fill's
     activations, backward's temporaries) and, on meta tensors, autocast: fp32 throughout."""
@@ -226,7 +166,7 @@ def _saved_tensor_peak(step: _Step) -> int:
         # meta tensors cannot do; Adam's moments are counted below.
         model = build_model(*step.model_args)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        images, labels = _inputs(step)
+        images, labels = step_inputs(step)
         # Storages by id (views share one); the dicts hold them, so no id is reused.
         persistent = {id(s): s for s in (t.untyped_storage() for t in (*model.parameters(), *model.buffers(),
                                                                         images, labels))}
@@ -239,7 +179,7 @@ def _saved_tensor_peak(step: _Step) -> int:
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            _run(dataclasses.replace(step, inner_iterations=1), model, optimizer, images, labels, None)
+            run_step(dataclasses.replace(step, inner_iterations=1), model, optimizer, images, labels, None)
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return sum(s.nbytes() for s in (*persistent.values(), *saved.values())) + 3 * param_bytes
 
@@ -250,7 +190,7 @@ class BatchCannotTrain(KitError):
 
 
 @functools.lru_cache(maxsize=None)
-def _estimate(step: _Step) -> Estimate | BatchCannotTrain:
+def _estimate(step: Step) -> Estimate | BatchCannotTrain:
     """The estimate, or the refusal of a batch (cached too: the planner asks about batch 1 often)."""
     try:
         return Estimate(_fake_tensor_peak(step), "fake-tensor")
@@ -271,6 +211,12 @@ def _estimate(step: _Step) -> Estimate | BatchCannotTrain:
                        f"{type(exc).__name__}: {exc}") from exc
 
 
+def clear_caches() -> None:
+    """Forget every cached estimate and fake model (after the estimator itself changed)."""
+    for cache in (_estimate, _fake_model, fake_mode):
+        cache.cache_clear()
+
+
 def _check_patchgd(image_size: int, patch_size: int | None, k: int | None) -> int:
     """The number of patch cells m·n, after checking the patch size and k."""
     if patch_size is None:
@@ -287,7 +233,8 @@ def estimate_peak(method: str, backbone: str, image_size: int, batch_size: int, 
     """Estimated peak GPU memory (bytes allocated) of one training step: forward, backward and the
     Adam step; for PatchGD the fill of Z and an inner iteration of `k` patches per image. `amp`:
     fp16 autocast. Cached in-process; the first estimate of a step takes about 0.5-5 s on a CPU."""
-    if method == "patchgd":
+    patches = uses_patches(method)
+    if patches:
         _check_patchgd(image_size, patch_size, k)
         if k is None:
             raise KitError("PatchGD needs k, the patches per image per inner iteration")
@@ -298,8 +245,8 @@ def estimate_peak(method: str, backbone: str, image_size: int, batch_size: int, 
         if not isinstance(value, int) or value < 1:
             raise KitError(f"{name} {value!r} must be a positive integer")
     # Only ε ≥ 2 changes the peak (gradients stay alive into the next inner iteration), not its size.
-    inner = 2 if method == "patchgd" and grad_accum >= 2 else 1
-    result = _estimate(_Step(method, backbone, image_size, batch_size, patch_size, k, bool(amp), num_classes,
+    inner = 2 if patches and grad_accum >= 2 else 1
+    result = _estimate(Step(method, backbone, image_size, batch_size, patch_size, k, bool(amp), num_classes,
                              inner, fill_chunk))
     if isinstance(result, BatchCannotTrain):
         raise result
@@ -381,7 +328,7 @@ def plan(method: str, backbone: str, image_size: int, budget: int | str, *, patc
     batch size): check that the configuration fits, and refuse it, naming both numbers, if not."""
     budget_bytes = parse_budget(budget)
     usable = usable_bytes(budget_bytes)
-    cells = _check_patchgd(image_size, patch_size, None) if method == "patchgd" else None
+    cells = _check_patchgd(image_size, patch_size, None) if uses_patches(method) else None
     if cells and sampling is None and batch_size is None:
         raise KitError("PatchGD planning needs a sampling fraction (to plan the batch) or a batch size (to plan k)")
     k = patches_per_iteration(sampling, cells) if cells and sampling is not None else None
@@ -428,10 +375,10 @@ def plan_for_config(config) -> Plan:
     check that its batch size fits (a KitError naming both numbers when it does not)."""
     if config.memory_budget is None:
         raise KitError("planning needs a memory budget (--memory-budget)")
-    patchgd_only = dict(patch_size=config.patch_size, sampling=config.sampling, grad_accum=config.grad_accum,
-                        fill_chunk=config.fill_chunk) if config.method == "patchgd" else {}
+    patch_fields = dict(patch_size=config.patch_size, sampling=config.sampling, grad_accum=config.grad_accum,
+                        fill_chunk=config.fill_chunk) if uses_patches(config.method) else {}
     return plan(config.method, config.backbone, config.image_size, config.memory_budget,
-                batch_size=config.batch_size, amp=config.amp, num_classes=config.num_classes, **patchgd_only)
+                batch_size=config.batch_size, amp=config.amp, num_classes=config.num_classes, **patch_fields)
 
 
 # ---- enforcement on CUDA -----------------------------------------------------------------------
@@ -457,84 +404,3 @@ def out_of_memory_error(plan: Plan, batch_size: int) -> KitError:
     return KitError(f"CUDA out of memory under the {format_bytes(plan.budget_bytes)} budget at batch size "
                     f"{batch_size}; the planner estimated {format_bytes(plan.estimated_peak_bytes)} for batch "
                     f"{plan.batch_size} ({plan.estimator}); use a batch size below {batch_size} or a larger budget")
-
-
-# ---- a matrix of rows and budgets ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PaperRow:
-    """One run configuration of the paper's tables, with the budgets the paper gives it
-    (``results.memory_rows()`` makes them from the paper's tables)."""
-    source: str
-    method: str
-    backbone: str
-    image_size: int
-    patch_size: int | None = None
-    sampling: float | None = None
-    max_sampled: float = 1.0
-    grad_accum: int = 1
-    amp: bool = False
-    num_classes: int = 10
-    paper_budget: str = ""
-
-
-TABLE_BUDGETS = ("4GB", "16GB", "24GB")
-
-
-def _plan_key(row: PaperRow) -> PaperRow:
-    """Rows that differ only in what leaves the peak alone (max sampled, ε beyond 2) share a plan."""
-    return dataclasses.replace(row, source="", max_sampled=1.0, paper_budget="", grad_accum=min(row.grad_accum, 2))
-
-
-def _row_plans(row: PaperRow, budgets: tuple[str, ...]) -> list[dict]:
-    out = []
-    for budget in budgets:
-        try:
-            p = plan(row.method, row.backbone, row.image_size, budget, patch_size=row.patch_size,
-                     sampling=row.sampling, amp=row.amp, num_classes=row.num_classes, grad_accum=row.grad_accum)
-            out.append({"batch_size": p.batch_size, "k": p.k, "estimated_peak_bytes": p.estimated_peak_bytes,
-                        "needs_bytes": None, "estimator": p.estimator})
-        except BudgetTooSmall as exc:
-            out.append({"batch_size": None, "k": None, "estimated_peak_bytes": None,
-                        "needs_bytes": exc.needs_bytes, "estimator": None})
-    return out
-
-
-def memory_table(rows: list[PaperRow], budgets: tuple[str, ...] = TABLE_BUDGETS, workers: int = 2) -> list[dict]:
-    """The plan for every row at every budget: one dict per (row, budget)
-    with the row's fields, `budget`, `batch_size`, `k`, `estimated_peak_bytes`, `estimator`; when
-    even batch 1 does not fit, those are None and `needs_bytes` is batch 1's estimated peak.
-    `workers` processes share the distinct plans (about 3 minutes for the whole table in one)."""
-    keys = sorted(set(map(_plan_key, rows)), key=lambda r: -r.image_size)  # the slowest first
-    if workers > 1:
-        # spawn, not fork: a fork of a process whose torch has started threads can hang
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            results = list(pool.map(_row_plans, keys, itertools.repeat(budgets)))
-    else:
-        results = [_row_plans(key, budgets) for key in keys]
-    plans = dict(zip(keys, results))
-    return [{**dataclasses.asdict(row), "budget": budget, **cell}
-            for row in rows for budget, cell in zip(budgets, plans[_plan_key(row)])]
-
-
-def format_table(cells: list[dict]) -> str:
-    """Markdown: one line per paper row, one column per budget ("B" batch, "k" patches per image)."""
-    budgets = list(dict.fromkeys(c["budget"] for c in cells))
-    lines = ["| Source | Method | Backbone | Image | Patch | Sampling / max | ε | Precision | Paper GB | "
-             + " | ".join(budgets) + " |",
-             "|" + "---|" * (9 + len(budgets))]
-    for i in range(0, len(cells), len(budgets)):
-        row = cells[i]
-        sampling = f"{row['sampling']:.0%} / {row['max_sampled']:.0%}" if row["patch_size"] else "–"
-        out = []
-        for c in cells[i:i + len(budgets)]:
-            if c["batch_size"] is None:
-                out.append(f"does not fit (B=1 needs {format_bytes(c['needs_bytes'])})")
-            else:
-                out.append(f"B={c['batch_size']}" + (f", k={c['k']}" if c["k"] is not None else "")
-                           + f" · {format_bytes(c['estimated_peak_bytes'])}")
-        lines.append(f"| {row['source']} | {row['method']} | {row['backbone']} | {row['image_size']} | "
-                     f"{row['patch_size'] or '–'} | {sampling} | {row['grad_accum']} | "
-                     f"{'fp16' if row['amp'] else 'fp32'} | {row['paper_budget']} | " + " | ".join(out) + " |")
-    return "\n".join(lines)

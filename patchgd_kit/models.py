@@ -1,5 +1,8 @@
 """Backbones and heads: GD, GD-extended and PatchGD around torchvision's ResNet50 and MobileNetV2.
 
+A backbone is one entry of ``BACKBONES`` (constructor, trunk, channels, stride, classifier); a
+method's model is built by ``methods.build_model``.
+
 - GD: the torchvision model with its classifier set to the number of classes.
 - PatchGD: f_θ1 = backbone → global pool → Linear(features → s = 256), one patch → one latent vector;
   g_θ2 = the head below on the Z block (B, s, m, n).
@@ -10,7 +13,9 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -19,23 +24,65 @@ from torchvision import models as tvm
 from .errors import KitError
 from .patches import grid_shape
 
-BACKBONES = ("resnet50", "mobilenet_v2")
-METHODS = ("gd", "gd-extended", "patchgd")
 LATENT_DIM = 256  # s: the official code's latent size
 
 
-def _check(backbone: str, method: str | None = None) -> None:
-    if backbone not in BACKBONES:
-        raise KitError(f"unknown backbone {backbone!r}; allowed: {', '.join(BACKBONES)}")
-    if method is not None and method not in METHODS:
-        raise KitError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+@dataclass(frozen=True)
+class Backbone:
+    """A torchvision backbone as the kit uses it: one entry of BACKBONES per backbone."""
+    name: str
+    constructor: Callable[..., nn.Module]            # torchvision's, e.g. tvm.resnet50
+    classifier_prefix: str                           # state-dict prefix of the classifier every method replaces
+    trunk: Callable[[nn.Module], nn.Module]          # torchvision model → convolutional trunk (image → map)
+    channels: Callable[[nn.Module], int]             # channels of the trunk's last feature map
+    set_classifier: Callable[[nn.Module, int], None]  # replace the classifier by a Linear to n outputs
+    patch_encoder: Callable[[nn.Module, int], nn.Module]  # torchvision model → f_θ1 (patch → s)
+    encoder_trunk: Callable[[nn.Module], nn.Module]  # f_θ1's net → the trunk inside it
+    stride: int = 32                                 # image side / feature map side (rounded up)
+
+
+def _resnet_classifier(model: nn.Module, out_features: int) -> None:
+    model.fc = nn.Linear(model.fc.in_features, out_features)
+
+
+def _resnet_encoder(model: nn.Module, latent_dim: int) -> nn.Module:
+    _resnet_classifier(model, latent_dim)  # the official code: fc → Linear(2048, 256)
+    return model
+
+
+def _resnet_trunk(model: nn.Module) -> nn.Module:
+    return nn.Sequential(*list(model.children())[:-2])  # everything before avgpool and fc
+
+
+def _mobilenet_classifier(model: nn.Module, out_features: int) -> None:
+    model.classifier[-1] = nn.Linear(model.last_channel, out_features)
+
+
+def _mobilenet_encoder(model: nn.Module, latent_dim: int) -> nn.Module:
+    # MobileNetV2's classifier is Dropout + Linear; the paper has no MobileNetV2 code, so the patch
+    # encoder mirrors ResNet50's: pooled features → Linear(1280, 256).
+    return nn.Sequential(model.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(model.last_channel,
+                                                                                          latent_dim))
+
+
+BACKBONES: dict[str, Backbone] = {b.name: b for b in (
+    Backbone("resnet50", tvm.resnet50, "fc.", _resnet_trunk, lambda m: m.fc.in_features, _resnet_classifier,
+             _resnet_encoder, encoder_trunk=_resnet_trunk),
+    Backbone("mobilenet_v2", tvm.mobilenet_v2, "classifier.", lambda m: m.features, lambda m: m.last_channel,
+             _mobilenet_classifier, _mobilenet_encoder, encoder_trunk=lambda net: net[0]),
+)}
+
+
+def backbone_of(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise KitError(f"unknown backbone {name!r}; allowed: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
 
 
 def torchvision_model(backbone: str, weights: str | None = None) -> nn.Module:
     """A torchvision classifier. `weights`: None (random init), "imagenet" (torchvision's download,
     needs a network), or the path of a local state-dict file of the ImageNet model."""
-    _check(backbone)
-    ctor = {"resnet50": tvm.resnet50, "mobilenet_v2": tvm.mobilenet_v2}[backbone]
+    ctor = backbone_of(backbone).constructor
     if weights in (None, "none"):
         return ctor(weights=None)
     if weights == "imagenet":
@@ -64,7 +111,7 @@ def load_trunk(model: nn.Module, backbone: str, path: Path) -> None:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise KitError(f"weights file {path} holds no state dict of tensors")
     own = model.state_dict()
-    prefix = classifier_prefix(backbone)
+    prefix = backbone_of(backbone).classifier_prefix
     missing = [k for k in own if k not in state and not k.startswith(prefix)]
     unexpected = [k for k in state if k not in own]
     misshapen = [k for k in state if k in own and state[k].shape != own[k].shape and not k.startswith(prefix)]
@@ -79,47 +126,19 @@ def load_trunk(model: nn.Module, backbone: str, path: Path) -> None:
                            or v.shape == own[k].shape}, strict=False)
 
 
-def classifier_prefix(backbone: str) -> str:
-    """State-dict prefix of the torchvision model's classifier, which every method replaces."""
-    return {"resnet50": "fc.", "mobilenet_v2": "classifier."}[backbone]
-
-
-def _features(model: nn.Module, backbone: str) -> tuple[nn.Module, int]:
-    """The convolutional trunk (image → feature map) and its channel count."""
-    if backbone == "resnet50":
-        trunk = nn.Sequential(*list(model.children())[:-2])  # everything before avgpool and fc
-        return trunk, model.fc.in_features
-    return model.features, model.last_channel
-
-
-def set_classifier(model: nn.Module, backbone: str, out_features: int) -> None:
-    if backbone == "resnet50":
-        model.fc = nn.Linear(model.fc.in_features, out_features)
-    else:
-        model.classifier[-1] = nn.Linear(model.last_channel, out_features)
-
-
 class PatchEncoder(nn.Module):
     """f_θ1: one patch (C, p, p) → one latent vector of size s."""
 
     def __init__(self, backbone: str, latent_dim: int = LATENT_DIM, weights: str | None = None):
         super().__init__()
-        model = torchvision_model(backbone, weights)
-        if backbone == "resnet50":
-            set_classifier(model, backbone, latent_dim)  # the official code: fc → Linear(2048, 256)
-            self.net = model
-        else:
-            # MobileNetV2's classifier is Dropout + Linear; the paper has no MobileNetV2 code, so the
-            # patch encoder mirrors ResNet50's: pooled features → Linear(1280, 256).
-            trunk, channels = _features(model, backbone)
-            self.net = nn.Sequential(trunk, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, latent_dim))
+        self.spec = backbone_of(backbone)
+        self.net = self.spec.patch_encoder(torchvision_model(backbone, weights), latent_dim)
         self.latent_dim = latent_dim
-        self.backbone_name = backbone
 
     @property
     def trunk(self) -> nn.Module:
         """The torchvision trunk inside f_θ1: what a weights file initialises (not the Linear to s)."""
-        return _features(self.net, self.backbone_name)[0] if self.backbone_name == "resnet50" else self.net[0]
+        return self.spec.encoder_trunk(self.net)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         return self.net(patches)
@@ -164,43 +183,32 @@ class GDExtended(nn.Module):
 
     def __init__(self, backbone: str, num_classes: int, image_size: int, weights: str | None = None):
         super().__init__()
+        spec = backbone_of(backbone)
         model = torchvision_model(backbone, weights)
-        self.features, channels = _features(model, backbone)
-        self.project = nn.Conv2d(channels, LATENT_DIM, 1)
-        side = -(-image_size // 32)  # both backbones downsample by 32, rounding up
-        if side < 1:
-            raise KitError(f"image size {image_size} is too small for GD-extended: at least 32 px")
+        self.features = spec.trunk(model)
+        self.project = nn.Conv2d(spec.channels(model), LATENT_DIM, 1)
+        side = -(-image_size // spec.stride)  # the trunk downsamples by its stride, rounding up
         self.head = ZHead(LATENT_DIM, (side, side), num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.project(self.features(images)))
 
 
-def build_model(method: str, backbone: str, num_classes: int, image_size: int,
-                patch_size: int | None = None, weights: str | None = None) -> nn.Module:
-    """The model for a method: a torchvision classifier (gd), GDExtended, or PatchGDModel."""
-    _check(backbone, method)
-    if num_classes < 2:
-        raise KitError(f"num_classes {num_classes} must be at least 2")
-    if method == "patchgd":
-        if patch_size is None:
-            raise KitError("PatchGD needs a patch size")
-        return PatchGDModel(backbone, num_classes, image_size, patch_size, weights=weights)
-    if method == "gd-extended":
-        return GDExtended(backbone, num_classes, image_size, weights)
+def classifier_model(backbone: str, num_classes: int, weights: str | None = None) -> nn.Module:
+    """GD's model: the torchvision classifier with its last layer set to the classes."""
     model = torchvision_model(backbone, weights)
-    set_classifier(model, backbone, num_classes)
+    backbone_of(backbone).set_classifier(model, num_classes)
     return model
 
 
 def trunk_of(model: nn.Module, backbone: str) -> nn.Module:
-    """The pretrained convolutional trunk inside a model built by `build_model`: the part that
+    """The pretrained convolutional trunk inside a model built by `methods.build_model`: the part that
     `weights` initialises. Everything else (classifier, f_θ1's Linear to s, projection, head) is new."""
     if isinstance(model, PatchGDModel):
         return model.backbone.trunk
     if isinstance(model, GDExtended):
         return model.features
-    return _features(model, backbone)[0]
+    return backbone_of(backbone).trunk(model)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -2,17 +2,17 @@
 values overridden, the training runs that notebooks 03 and 04 share, and the facts they print."""
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import TextIO
 
 from .data import UltraMNIST
 from .errors import KitError
 from .memory import estimate_peak
-from .models import build_model, count_parameters
+from .config import TrainConfig
+from .methods import build_model, uses_patches
+from .models import count_parameters
 from .profiles import Profile, get_profile, profile_dataset, profile_dir, profile_weights
-from .train import TrainConfig
+from .store import teaching_folder
 
 
 def run_notebook(path, out, parameters: dict | None = None, *, cwd=None, kernel: str = "python3",
@@ -49,7 +49,7 @@ def profile_with(name: str | None, **values) -> Profile:
 def training_run(profile: Profile, method: str, *, backbone: str, batch_size: int | None = None, grad_accum: int = 1,
                  seed: int = 0, device: str = "auto", data=None) -> tuple[TrainConfig, Path]:
     """The TrainConfig of a teaching run on the profile's UltraMNIST, and its run folder
-    ``runs/<profile>/teaching/<method>-<backbone>-seed<seed>-<hash of the config>``: the same
+    ``runs/<profile>/teaching/<method>-<backbone>-seed<seed>-<hash of the config>`` (store.teaching_folder): the same
     choices in notebooks 03 and 04 give the same folder, so 04 reads 03's finished run back.
 
     The profile gives the image and patch sizes, sampling, epochs, warm-up and the backbone's initial
@@ -67,8 +67,7 @@ def training_run(profile: Profile, method: str, *, backbone: str, batch_size: in
                          weights=profile_weights(profile, backbone), trunk_lr_scale=profile.trunk_lr_scale,
                          seed=seed, device=device)
     config.validate()
-    digest = hashlib.sha1(json.dumps(config.key(), sort_keys=True).encode()).hexdigest()[:8]
-    return config, profile_dir(profile) / "teaching" / f"{method}-{backbone}-seed{seed}-{digest}"
+    return config, teaching_folder(config, profile_dir(profile))
 
 
 def describe_run(config: TrainConfig) -> str:
@@ -77,7 +76,7 @@ def describe_run(config: TrainConfig) -> str:
     batches = images // config.batch_size  # the trainer drops the last, incomplete batch
     model = build_model(config.method, config.backbone, config.num_classes, config.image_size, config.patch_size)
     lines = [f"{config.method} {config.backbone} at {config.image_size} px: {count_parameters(model):,} parameters"]
-    if config.method == "patchgd":
+    if uses_patches(config.method):
         k, zeta = config.schedule()
         m, n = model.grid
         steps = -(-zeta // config.grad_accum)

@@ -43,6 +43,12 @@ def inner_iterations(sampling: float, max_sampled: float, num_cells: int) -> int
     return max(1, math.ceil(max_sampled * num_cells / k - 1e-9))
 
 
+def schedule_for(image_size: int, patch_size: int, sampling: float, max_sampled: float) -> tuple[int, int]:
+    """(k, ζ) of a square image of side `image_size` tiled by patches of side `patch_size`."""
+    m, n = grid_shape(image_size, patch_size)
+    return patches_per_iteration(sampling, m * n), inner_iterations(sampling, max_sampled, m * n)
+
+
 def patch_grid(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, C, H, W) → (B, m, n, C, p, p) as a view (no copy); [:, a, b] is patch x_ab."""
     b, c, h, w = images.shape

@@ -18,10 +18,10 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from . import data
-from .patches import grid_shape, inner_iterations, patches_per_iteration, sample_schedule
+from . import digits
+from .data import UltraMNIST
+from .patches import grid_shape, sample_schedule, schedule_for
 
-GiB = 2**30
 # Cell states in Algorithm 1, one colour each in every schedule picture.
 GRADIENT = "#e8590c"   # sampled at this inner iteration: f_θ1 runs with gradient
 REFRESHED = "#4dabf7"  # sampled at an earlier inner iteration: new value, now a constant
@@ -29,7 +29,7 @@ STALE = "#dee2e6"      # still the value from the fill of Z at the start of the 
 BOX = "#ffd43b"        # digit boxes
 
 
-def _axes(ncols: int, nrows: int = 1, size: float = 2.6, height: float | None = None):
+def make_axes(ncols: int, nrows: int = 1, size: float = 2.6, height: float | None = None):
     fig = Figure(figsize=(size * ncols, (height or size) * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
@@ -54,7 +54,7 @@ def _draw_boxes(ax, boxes, digits=None, scale: float = 1.0) -> None:
 
 def show_sample(image: np.ndarray, digits, boxes) -> Figure:
     """One image with its digit boxes and values; the title states the label, their sum."""
-    fig, axes = _axes(1, size=5)
+    fig, axes = make_axes(1, size=5)
     _show_image(axes[0, 0], image, f"{image.shape[0]} px · label {sum(digits)} = {' + '.join(map(str, digits))}")
     _draw_boxes(axes[0, 0], boxes, digits)
     return fig
@@ -64,7 +64,7 @@ def show_samples(dataset, count: int = 8, columns: int = 4) -> Figure:
     """The first `count` images of a split (one per class: image i has label i mod 10), with boxes,
     digit values and labels from the manifest."""
     rows = -(-count // columns)
-    fig, axes = _axes(columns, rows)
+    fig, axes = make_axes(columns, rows)
     for ax in axes.flat[count:]:
         ax.set_axis_off()
     for i, ax in zip(range(count), axes.flat):
@@ -88,39 +88,39 @@ def dataset_summary(splits: dict) -> pd.DataFrame:
         sides = sorted(_digit_sides(dataset))
         table[name] = {"images": len(dataset), "image px": dataset.image_size,
                        "per class": f"{min(per_class.values())}-{max(per_class.values())}",
-                       **{f"{n} digits": digits_per_image[n] for n in data.DIGIT_COUNTS},
+                       **{f"{n} digits": digits_per_image[n] for n in digits.DIGIT_COUNTS},
                        "digit px min": sides[0], "digit px median": sides[len(sides) // 2],
                        "digit px max": sides[-1]}
     return pd.DataFrame(table).T
 
 
-def recipe_side_fractions(image_size: int, min_digit_side: int = data.MIN_DIGIT_SIDE) -> dict[int, float]:
+def recipe_side_fractions(image_size: int, min_digit_side: int = digits.MIN_DIGIT_SIDE) -> dict[int, float]:
     """The fraction of digits of each side (px) that the recipe's scale weights ask for, with the
     data's floor, before placement (large digits that do not fit are redrawn, so the data has fewer)."""
     fractions: Counter = Counter()
-    for factor, weight in zip(data.SCALE_FACTORS, data.SCALE_WEIGHTS):
+    for factor, weight in zip(digits.SCALE_FACTORS, digits.SCALE_WEIGHTS):
         if factor == 1:
-            fractions[data.digit_side(0.5, image_size, min_digit_side)] += weight * data.HALF_SIZE_PROB
-            weight *= 1 - data.HALF_SIZE_PROB
-        fractions[data.digit_side(factor, image_size, min_digit_side)] += weight
+            fractions[digits.digit_side(0.5, image_size, min_digit_side)] += weight * digits.HALF_SIZE_PROB
+            weight *= 1 - digits.HALF_SIZE_PROB
+        fractions[digits.digit_side(factor, image_size, min_digit_side)] += weight
     return dict(fractions)
 
 
 def plot_dataset_stats(splits: dict) -> Figure:
     """Class balance, digits per image and digit sizes of each split; the digit sizes next to what
     the recipe's scale weights ask for."""
-    fig, axes = _axes(3, size=4, height=3)
+    fig, axes = make_axes(3, size=4, height=3)
     balance, counts, sizes = axes[0]
     width = 0.8 / len(splits)
     for i, (name, dataset) in enumerate(splits.items()):
         per_class = Counter(dataset.labels)
-        classes = np.arange(data.NUM_CLASSES)
+        classes = np.arange(digits.NUM_CLASSES)
         balance.bar(classes + i * width, [per_class[c] for c in classes], width, label=name)
         per_image = Counter(len(entry["digits"]) for entry in dataset.manifest)
-        n = np.array(data.DIGIT_COUNTS)
+        n = np.array(digits.DIGIT_COUNTS)
         counts.bar(n + i * width, [per_image[k] for k in n], width, label=name)
     balance.set(title="images per class (label = digit sum)", xlabel="label", xticks=classes)
-    counts.set(title="digits per image", xlabel="digits", xticks=data.DIGIT_COUNTS)
+    counts.set(title="digits per image", xlabel="digits", xticks=digits.DIGIT_COUNTS)
     balance.legend(fontsize=8)
 
     first = next(iter(splits.values()))
@@ -156,7 +156,7 @@ def describe_downscaling(digits, boxes, image_size: int, sizes) -> str:
 def show_downscaling(image: np.ndarray, digits, boxes, sizes=(512, 128, 64)) -> Figure:
     """Top: the image at each size, drawn at the same display size. Bottom: a close-up of its
     smallest digit at each size, to see how many pixels are left of it."""
-    fig, axes = _axes(len(sizes), 2, size=3.2)
+    fig, axes = make_axes(len(sizes), 2, size=3.2)
     side = image.shape[0]
     small = min(range(len(boxes)), key=lambda i: boxes[i][2] - boxes[i][0])
     x0, y0, x1, y1 = boxes[small]
@@ -200,7 +200,7 @@ def plot_z_filling(image: np.ndarray, z_rgb: np.ndarray, patch_size: int, steps)
     """Algorithm 2 step by step: the image with its m×n patch grid, then Z after each of `steps`
     patches have gone through f_θ1 (cells in order a·n + b; unfilled cells are still zero, black)."""
     m, n, _ = z_rgb.shape
-    fig, axes = _axes(1 + len(steps), size=3)
+    fig, axes = make_axes(1 + len(steps), size=3)
     picture = axes[0, 0]
     last = max(steps)
     _show_image(picture, image, f"X: {image.shape[0]} px, p = {patch_size}, grid m×n = {m}×{n}")
@@ -235,8 +235,7 @@ def schedule_table(settings: dict[str, tuple], seed: int = 0) -> pd.DataFrame:
     rows = {}
     for name, (image_size, patch_size, sampling, max_sampled, grad_accum) in settings.items():
         m, n = grid_shape(image_size, patch_size)
-        k = patches_per_iteration(sampling, m * n)
-        zeta = inner_iterations(sampling, max_sampled, m * n)
+        k, zeta = schedule_for(image_size, patch_size, sampling, max_sampled)
         facts = schedule_facts(image_size, patch_size, k, zeta, grad_accum or zeta,
                                one_image_schedule(m * n, k, zeta, seed))
         grid = {key: facts.pop(key) for key in ("image px", "p", "m×n", "cells")}
@@ -278,7 +277,7 @@ def plot_inner_iterations(image: np.ndarray, patch_size: int, schedule: torch.Te
     m = image.shape[0] // patch_size
     shown = _shown_iterations(zeta, most)
     steps = set(_step_iterations(zeta, grad_accum))
-    fig, axes = _axes(len(shown) + 1, size=2.3, height=2.6)
+    fig, axes = make_axes(len(shown) + 1, size=2.3, height=2.6)
     extent = (-0.5, image.shape[0] - 0.5, image.shape[0] - 0.5, -0.5)  # cells over the image's pixels
     for ax, j in zip(axes[0], shown):
         _show_image(ax, image)
@@ -316,7 +315,7 @@ def plot_live_batch(image: np.ndarray, patch_size: int, batch, most: int = 6) ->
     zeta, k = batch.schedule.shape
     m = image.shape[0] // patch_size
     shown = _shown_iterations(zeta, most)
-    fig, axes = _axes(len(shown), 3, size=2.3, height=2.4)
+    fig, axes = make_axes(len(shown), 3, size=2.3, height=2.4)
     extent = (-0.5, image.shape[0] - 0.5, image.shape[0] - 0.5, -0.5)
     heat = colormaps["viridis"].with_extremes(bad=STALE)
     for column, j in enumerate(shown):
@@ -339,105 +338,15 @@ def plot_live_batch(image: np.ndarray, patch_size: int, batch, most: int = 6) ->
     return fig
 
 
-def plot_memory(peaks: dict[str, int], budgets_gib=(4, 16), title: str = "") -> Figure:
-    """Estimated peak training memory per configuration (horizontal bars) against the budgets that
-    are within reach of the largest bar (a 16 GB line would squash bars of a few MiB)."""
-    largest = max(peaks.values())
-    unit, unit_name = (GiB, "GiB") if largest >= GiB else (2**20, "MiB")
-    budgets = [b for b in budgets_gib if b * GiB < 1.5 * largest]
-    fig, axes = _axes(1, size=7, height=0.6 + 0.45 * len(peaks))
-    ax = axes[0, 0]
-    labels = list(peaks)
-    values = [peaks[label] / unit for label in labels]
-    bars = ax.barh(labels, values, color=[REFRESHED if "PatchGD" in label else STALE for label in labels],
-                   edgecolor="black")
-    ax.bar_label(bars, [f"{v:.2f} {unit_name}" for v in values], padding=3, fontsize=8)
-    for budget in budgets:
-        ax.axvline(budget * GiB / unit, color=GRADIENT, linestyle="--", linewidth=1)
-        ax.text(budget * GiB / unit, len(labels) - 0.5, f" {budget} GB budget", color=GRADIENT, fontsize=8,
-                va="bottom")
-    ax.set_xlim(0, max([largest / unit * 1.3] + [b * GiB / unit * 1.15 for b in budgets]))
-    ax.set(xlabel=f"peak GPU memory of one training step ({unit_name}), estimated by the planner, "
-                  "not yet checked on a GPU", title=title)
-    ax.invert_yaxis()
+def plot_resolutions(data, index: int = 0) -> Figure:
+    """One test image of Tables 3-4's data (a scaling.PandaData) at its three sizes, drawn at the same display size."""
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    for ax, paper_size in zip(fig.subplots(1, len(data.folders)), data.folders):
+        split = UltraMNIST(data.folders[paper_size], "test", cache=False)
+        image = split.raw(index)
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_title(f"paper {paper_size} px, here {split.image_size} px", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"{data.name}: test image {index}, label {split.labels[index]}")
     return fig
-
-
-# --- training (notebooks 03 and 04) -------------------------------------------------------------
-
-def plot_history(history: list[dict], epochs: int, title: str = "") -> Figure:
-    """Loss (train and test) and test accuracy per epoch, on axes that already span all epochs."""
-    fig, axes = _axes(2, size=4.2, height=2.8)
-    loss, accuracy = axes[0]
-    epoch = [row["epoch"] for row in history]
-    loss.plot(epoch, [row["train_loss"] for row in history], "o-", label="train")
-    loss.plot(epoch, [row["test_loss"] for row in history], "s--", label="test")
-    accuracy.plot(epoch, [row["accuracy"] for row in history], "o-", color=GRADIENT)
-    for ax in (loss, accuracy):
-        ax.set_xlim(0.5, epochs + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-    loss.set(title="cross-entropy loss")
-    accuracy.set(title="test accuracy (%)", ylim=(0, 100))
-    loss.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    return fig
-
-
-class TrainingPlot:
-    """A loss/accuracy figure that redraws in place as epochs finish: pass it as train's
-    ``on_epoch``. A run read back from disk calls nothing, so ``show(history)`` draws it whole."""
-
-    def __init__(self, epochs: int, title: str = ""):
-        from IPython.display import display
-        self.epochs, self.title, self.history = epochs, title, []
-        self._handle = display(self._draw(), display_id=True)  # None outside IPython
-
-    def _draw(self) -> Figure:
-        return plot_history(self.history, self.epochs, self.title)
-
-    def __call__(self, row: dict) -> None:
-        self.history.append(row)
-        if self._handle is not None:
-            self._handle.update(self._draw())
-
-    def show(self, history: list[dict]) -> None:
-        self.history = list(history)
-        if self._handle is not None:
-            self._handle.update(self._draw())
-
-
-def plot_histories(results: dict[str, dict]) -> Figure:
-    """Test accuracy and train loss per epoch of several runs on shared axes (as the paper's
-    Figure 2 draws GD against PatchGD)."""
-    fig, axes = _axes(2, size=4.2, height=2.8)
-    accuracy, loss = axes[0]
-    for label, result in results.items():
-        epoch = [row["epoch"] for row in result["history"]]
-        accuracy.plot(epoch, [row["accuracy"] for row in result["history"]], "o-", label=label)
-        loss.plot(epoch, [row["train_loss"] for row in result["history"]], "o-", label=label)
-    for ax in (accuracy, loss):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    accuracy.set(title="test accuracy (%)", xlabel="epoch", ylim=(0, 100))
-    loss.set(title="train loss", xlabel="epoch")
-    accuracy.legend(fontsize=8)
-    return fig
-
-
-def _peak_memory(row: dict) -> str:
-    if "peak_allocated_bytes" in row:
-        return f"{row['peak_allocated_bytes'] / 2**20:.0f} MiB allocated (CUDA)"
-    return f"{row['peak_rss_bytes'] / 2**20:.0f} MiB process RSS (CPU)"
-
-
-def comparison_table(results: dict[str, dict]) -> pd.DataFrame:
-    """The final epoch of each run: accuracy, QWK, training speed, peak memory as measured."""
-    table = {}
-    for label, result in results.items():
-        final, config = result["final"], result["config"]
-        table[label] = {"epochs": final["epoch"], "batch size": config["batch_size"],
-                        "accuracy %": round(final["accuracy"], 1), "QWK": round(final["qwk"], 3),
-                        "test loss": round(final["test_loss"], 3),
-                        "train images/s": round(final["train_images_per_s"], 1),
-                        "peak memory (measured)": _peak_memory(final)}
-    return pd.DataFrame(table).T

@@ -15,11 +15,11 @@ import torch
 from IPython import get_ipython
 from IPython.display import display
 
-from . import live, viz
-from .data import generate_image
+from . import curves, live, viz
+from .config import TrainConfig
+from .digits import generate_image
 from .errors import KitError
 from .notebook import peak_memory_estimates
-from .train import TrainConfig
 
 
 def has_frontend() -> bool:
@@ -116,7 +116,7 @@ def schedule_explorer(image: np.ndarray, *, backbone: str, patch_size: int, samp
         print(" · ".join(f"{name} {value}" for name, value in facts.items()))
         display(viz.plot_inner_iterations(image, patch_size, schedule, grad_accum))
         peaks = peak_memory_estimates(backbone, image_size, batch_size, patch_size, k, grad_accum)
-        display(viz.plot_memory(peaks, title=f"{backbone}, {image_size} px, one training step"))
+        display(curves.plot_memory(peaks, title=f"{backbone}, {image_size} px, one training step"))
 
     percent = dict(min=1, max=100, continuous_update=False, style={"description_width": "initial"})
     controls = {

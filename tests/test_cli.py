@@ -206,12 +206,12 @@ def test_restart_begins_a_run_of_another_config_again(tiny_data, tmp_path, capsy
 def unfinished_run(tiny_data, tmp_path, monkeypatch):
     """A run interrupted after its epoch was saved, before it finished: checkpoint.pt (evaluated) and
     checkpoint.prev.pt (trained, not yet evaluated)."""
-    from patchgd_kit import train as train_module
+    from patchgd_kit import training as train_module
 
-    def interrupt(self, history, predictions):
+    def interrupt(run, history, predictions):
         raise KeyboardInterrupt
     with monkeypatch.context() as patch:
-        patch.setattr(train_module._Run, "finish", interrupt)
+        patch.setattr(train_module, "finish_run", interrupt)
         assert main(_gd_args(tiny_data, tmp_path / "run")) == 130
     return tmp_path / "run"
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from patchgd_kit import data
+from patchgd_kit import data, digits
 from patchgd_kit.data import (MNIST_MEAN, MNIST_STD, UltraMNIST, draw_scale_factors, ensure_dataset,
                               generate_image, generate_split, load_digit_pools, normalize_uint8)
 from patchgd_kit.errors import KitError
@@ -63,8 +63,8 @@ def test_multisets_are_every_sorted_3_to_5_digit_combination():
     for label in range(10):
         brute = {tuple(sorted(c)) for n in (3, 4, 5)
                  for c in itertools.product(range(10), repeat=n) if sum(c) == label}
-        assert sorted(data.MULTISETS[label]) == sorted(brute)
-    assert data.MULTISETS[0] == [(0, 0, 0), (0, 0, 0, 0), (0, 0, 0, 0, 0)]
+        assert sorted(digits.MULTISETS[label]) == sorted(brute)
+    assert digits.MULTISETS[0] == [(0, 0, 0), (0, 0, 0, 0), (0, 0, 0, 0, 0)]
 
 
 def test_scale_factors_follow_the_weights():
@@ -77,9 +77,9 @@ def test_scale_factors_follow_the_weights():
 
 
 def test_digit_sides_scale_with_the_image():
-    assert [data.digit_side(f, 512) for f in (0.5, 1, 2, 9)] == [14, 28, 56, 252]
-    assert [data.digit_side(f, 128) for f in (0.5, 1, 9)] == [4, 7, 63]
-    assert data.digit_side(0.5, 32) == data.MIN_DIGIT_SIDE
+    assert [digits.digit_side(f, 512) for f in (0.5, 1, 2, 9)] == [14, 28, 56, 252]
+    assert [digits.digit_side(f, 128) for f in (0.5, 1, 9)] == [4, 7, 63]
+    assert digits.digit_side(0.5, 32) == digits.MIN_DIGIT_SIDE
 
 
 def test_generate_image_places_nearest_neighbour_digits_on_black(pools):
@@ -97,8 +97,8 @@ def test_generate_image_places_nearest_neighbour_digits_on_black(pools):
         assert np.array_equal(image, np.where(lit, 100, 0))
     # A real digit enlarged by an integer factor is that digit with each pixel repeated.
     digit = pools["train"][0][0]
-    assert np.array_equal(data.upscale(digit, 84), digit.repeat(3, 0).repeat(3, 1))
-    assert np.array_equal(data.upscale(digit, 14), digit[1::2, 1::2])  # centre of each 2x2
+    assert np.array_equal(digits.upscale(digit, 84), digit.repeat(3, 0).repeat(3, 1))
+    assert np.array_equal(digits.upscale(digit, 14), digit[1::2, 1::2])  # centre of each 2x2
 
 
 def test_crowded_canvas_fails_clearly(pools):

@@ -4,7 +4,7 @@ import torch
 
 from patchgd_kit import live, patchgd
 from patchgd_kit.errors import KitError
-from patchgd_kit.models import build_model
+from patchgd_kit.methods import build_model
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,17 @@ import json
 import pytest
 import torch
 
-from patchgd_kit import memory
+from patchgd_kit import livebytes, memory, paperplans
 from patchgd_kit.cli import main
 from patchgd_kit.errors import KitError
 from patchgd_kit.models import LATENT_DIM
-from patchgd_kit.results import memory_rows
+from patchgd_kit.paperplans import memory_rows
 
 MiB = 2**20
 
 
 def _step(method="gd", image_size=64, batch_size=4, patch_size=None, k=None, fill_chunk=256):
-    return memory._Step(method, "mobilenet_v2", image_size, batch_size, patch_size, k, False, 10, 1, fill_chunk)
+    return memory.Step(method, "mobilenet_v2", image_size, batch_size, patch_size, k, False, 10, 1, fill_chunk)
 
 
 def _estimate(step):
@@ -28,12 +28,9 @@ def _estimate(step):
 @pytest.fixture
 def fresh_caches():
     """Tests that break the estimator must neither see nor leave cached estimates."""
-    caches = (memory._estimate, memory._fake_model, memory._fake_mode)
-    for cache in caches:
-        cache.cache_clear()
+    memory.clear_caches()
     yield
-    for cache in caches:
-        cache.cache_clear()
+    memory.clear_caches()
 
 
 # ---- budgets ----------------------------------------------------------------------------------
@@ -62,20 +59,20 @@ def test_parse_budget_refuses_what_is_not_a_size(text):
                          ids=["gd", "gd-extended", "patchgd"])
 def test_fake_estimate_matches_the_same_step_on_real_tensors(step):
     torch.manual_seed(0)
-    real = memory._step_peak(step, *memory._primed(step.model_args))
+    real = memory.step_peak(step, *memory.primed_model(step.model_args))
     assert _estimate(step) == pytest.approx(real, rel=0.05)
 
 
 def test_live_bytes_agrees_with_pytorch_memtracker():
     mem_tracker = pytest.importorskip("torch.distributed._tools.mem_tracker")
     step = _step("gd")
-    model, optimizer = memory._primed(step.model_args)
-    ours = memory._step_peak(step, model, optimizer)
-    images, labels = memory._inputs(step)
+    model, optimizer = memory.primed_model(step.model_args)
+    ours = memory.step_peak(step, model, optimizer)
+    images, labels = memory.step_inputs(step)
     tracker = mem_tracker.MemTracker()
     tracker.track_external(model, optimizer, images, labels)
     with tracker:
-        memory._run(step, model, optimizer, images, labels, None)
+        memory.run_step(step, model, optimizer, images, labels, None)
     theirs = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
     assert ours == pytest.approx(theirs, rel=0.01)
 
@@ -112,11 +109,11 @@ def test_patchgd_peak_grows_with_the_image_only_by_the_images_and_z():
 def test_fallback_warns_and_stays_close(fresh_caches, monkeypatch):
     step = _step("gd", 128, 8)
     fake = _estimate(step)
-    memory._estimate.cache_clear()
+    memory.clear_caches()
 
-    def unsupported(step):
+    def unsupported():
         raise NotImplementedError("aten::some_op has no fake kernel")
-    monkeypatch.setattr(memory, "_fake_tensor_peak", unsupported)
+    monkeypatch.setattr(memory, "fake_mode", unsupported)
     with pytest.warns(UserWarning, match="falling back to saved-tensor accounting"):
         fallback = memory.estimate_peak("gd", "mobilenet_v2", 128, 8)
     assert fallback.estimator == "saved-tensors"
@@ -124,7 +121,7 @@ def test_fallback_warns_and_stays_close(fresh_caches, monkeypatch):
 
 
 def test_missing_private_apis_take_the_fallback(fresh_caches, monkeypatch):
-    monkeypatch.setattr(memory, "_PRIVATE_API_ERROR", ImportError("FakeTensorMode moved"))
+    monkeypatch.setattr(livebytes, "PRIVATE_API_ERROR", ImportError("FakeTensorMode moved"))
     with pytest.warns(UserWarning, match="FakeTensorMode moved"):
         assert memory.estimate_peak("gd", "mobilenet_v2", 64, 2).estimator == "saved-tensors"
 
@@ -169,7 +166,7 @@ def test_explicit_batch_that_does_not_fit_is_refused_with_both_numbers():
 
 
 def test_plan_for_config_follows_the_train_config():
-    from patchgd_kit.train import TrainConfig
+    from patchgd_kit import TrainConfig
     config = TrainConfig(method="gd", backbone="mobilenet_v2", image_size=128, batch_size=None, memory_budget="1GB")
     assert memory.plan_for_config(config) == memory.plan("gd", "mobilenet_v2", 128, "1GB")
 
@@ -177,7 +174,7 @@ def test_plan_for_config_follows_the_train_config():
 @pytest.mark.slow
 def test_train_records_the_plan_and_refuses_a_batch_over_budget(tmp_path):
     from patchgd_kit.data import ensure_dataset
-    from patchgd_kit.train import TrainConfig, train
+    from patchgd_kit import TrainConfig, train
     data = ensure_dataset(tmp_path / "data", 32, 1, 1, 0, progress=False)
     config = TrainConfig(method="gd", backbone="mobilenet_v2", data=str(data), image_size=32, epochs=1,
                          batch_size=2, memory_budget="1GB", device="cpu")
@@ -204,11 +201,11 @@ def test_memory_rows_cover_every_paper_configuration_once():
 
 
 def test_memory_table_marks_budgets_that_hold_no_batch():
-    row = memory.PaperRow("test", "gd", "mobilenet_v2", 128)
-    cells = memory.memory_table([row], budgets=("520MB", "1GB"), workers=1)
+    row = paperplans.PaperRow("test", "gd", "mobilenet_v2", 128)
+    cells = paperplans.memory_table([row], budgets=("520MB", "1GB"), workers=1)
     assert cells[0]["batch_size"] is None and cells[0]["needs_bytes"] > 0
     assert cells[1]["batch_size"] == memory.plan("gd", "mobilenet_v2", 128, "1GB").batch_size
-    table = memory.format_table(cells)
+    table = paperplans.format_table(cells)
     assert "does not fit (B=1 needs" in table and f"B={cells[1]['batch_size']} ·" in table
 
 
@@ -248,13 +245,13 @@ def test_cuda_cap_is_enforced_and_the_estimate_matches_the_allocator():
         memory.limit_cuda_memory(device, None)
     torch.empty(2 * 2**30, dtype=torch.uint8, device=device)  # the cap is lifted
 
-    step = memory._Step("gd", "resnet50", 224, 16, None, None, False, 10, 1, 256)
+    step = memory.Step("gd", "resnet50", 224, 16, None, None, False, 10, 1, 256)
     with torch.device(device):
-        model, optimizer = memory._primed(step.model_args)
-        images, labels = memory._inputs(step)
+        model, optimizer = memory.primed_model(step.model_args)
+        images, labels = memory.step_inputs(step)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats(device)
-    memory._run(step, model, optimizer, images, labels, None)
+    memory.run_step(step, model, optimizer, images, labels, None)
     torch.cuda.synchronize()
     measured = torch.cuda.max_memory_allocated(device)
     # cuDNN workspaces come on top of the estimate; the plan's margin is there for them.
@@ -264,7 +261,7 @@ def test_cuda_cap_is_enforced_and_the_estimate_matches_the_allocator():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_out_of_memory_under_the_budget_is_a_kit_error(tmp_path, monkeypatch):
-    from patchgd_kit import train as train_module
+    from patchgd_kit import training as train_module
     from patchgd_kit.data import ensure_dataset
     data = ensure_dataset(tmp_path / "data", 128, 7, 1, 0, progress=False)
     # A planner that wrongly claims batch 64 of ResNet50 fits 1 GB: the cap must stop the run.

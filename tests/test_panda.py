@@ -16,16 +16,18 @@ import pytest
 import tifffile
 import torch
 
-from patchgd_kit import panda
+from patchgd_kit import latency, report, scaling
 from patchgd_kit.cli import main as cli_main
 from patchgd_kit.data import UltraMNIST, ensure_dataset
 from patchgd_kit.errors import KitError
-from patchgd_kit.panda import (choose_level, fit_to_canvas, preprocess_panda, read_slide,
-                               read_train_csv, scaled_sizes, shrink_dataset, slide_level_shapes,
-                               split_slides)
+from patchgd_kit.data import shrink_dataset
+from patchgd_kit.panda import (choose_level, fit_to_canvas, preprocess_panda, read_slide, read_train_csv,
+                               slide_level_shapes, split_slides)
+from patchgd_kit.scaling import scaled_sizes
 from patchgd_kit.profiles import get_profile
-from patchgd_kit.results import PAPER, RowResult
-from patchgd_kit.train import TrainConfig
+from patchgd_kit.config import TrainConfig
+from patchgd_kit.orderings import RowResult
+from patchgd_kit.paper import PAPER
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (64, 32, 8)
@@ -315,54 +317,54 @@ def test_scaled_sizes_divide_the_paper_sizes():
 def test_scaled_patches_keep_the_paper_grid_or_divide_it():
     paper, cpu = get_profile("paper"), get_profile("cpu", panda_scale=16, panda_grid_scale=4)
     for image, patch in ((512, 128), (2048, 128), (4096, 128), (4096, 256)):
-        assert panda.scaled_patch(paper, image, patch) == patch
+        assert scaling.scaled_patch(paper, image, patch) == patch
     # cpu: images / 16; grid sides 4 → 2 (at least 2), 16 → 4, 32 → 8, 16 → 4
-    assert [panda.scaled_patch(cpu, i, p) for i, p in ((512, 128), (2048, 128), (4096, 128), (4096, 256))] \
+    assert [scaling.scaled_patch(cpu, i, p) for i, p in ((512, 128), (2048, 128), (4096, 128), (4096, 256))] \
         == [16, 32, 32, 64]
 
 
 def test_rows_run_on_the_standin_by_default(tmp_path, monkeypatch):
     monkeypatch.setenv("KIT_RUNS", str(tmp_path))
-    monkeypatch.delenv(panda.PANDA_ROOT_ENV, raising=False)
+    monkeypatch.delenv(scaling.PANDA_ROOT_ENV, raising=False)
     profile = get_profile("smoke")
-    data = panda.panda_data(profile, progress=False)
+    data = scaling.panda_data(profile, progress=False)
     assert data.name == "stand-in" and data.num_classes == 10 and "not PANDA" in data.description
     sizes = {paper: UltraMNIST(folder, "test").image_size for paper, folder in data.folders.items()}
     assert sizes == scaled_sizes(profile)
-    values = panda.scale_row(profile, {"method": "patchgd", "image_size": 2048, "patch_size": 128})
+    values = scaling.scale_panda_row(profile, {"method": "patchgd", "image_size": 2048, "patch_size": 128})
     assert values == {"data": str(data.folders[2048]), "image_size": 2048 // profile.panda_scale,
                       "num_classes": 10, "epochs": profile.panda_epochs,
                       "warmup_epochs": profile.warmup_epochs,
-                      "patch_size": panda.scaled_patch(profile, 2048, 128)}
+                      "patch_size": scaling.scaled_patch(profile, 2048, 128)}
 
 
 def test_rows_run_on_panda_when_its_root_is_set(tmp_path, monkeypatch):
     root = make_root(tmp_path / "root", grades=tuple(g for g in range(6) for _ in range(5)))
     monkeypatch.setenv("KIT_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv(panda.PANDA_ROOT_ENV, str(root))
+    monkeypatch.setenv(scaling.PANDA_ROOT_ENV, str(root))
     profile = get_profile("smoke", panda_scale=64, panda_per_class_train=2, panda_per_class_test=1)
-    data = panda.panda_data(profile, progress=False)
+    data = scaling.panda_data(profile, progress=False)
     assert data.name == "PANDA" and data.num_classes == 6
     train = UltraMNIST(data.folders[4096], "train")
     assert train.image_size == 64 and len(train) == 12 and train.num_classes == 6
     assert UltraMNIST(data.folders[512], "test").image_size == 8
-    assert panda.scale_row(profile, {"method": "gd", "image_size": 512})["num_classes"] == 6
+    assert scaling.scale_panda_row(profile, {"method": "gd", "image_size": 512})["num_classes"] == 6
 
 
 def test_parameters_are_the_papers_truncated_to_two_decimals():
-    assert panda.paper_parameters_m("gd", 2048, None) == 23.52
-    assert panda.paper_parameters_m("patchgd", 512, 128) == 26.39
-    assert panda.paper_parameters_m("patchgd", 4096, 128) == 26.41
+    assert latency.paper_parameters_m("gd", 2048, None) == 23.52
+    assert latency.paper_parameters_m("patchgd", 512, 128) == 26.39
+    assert latency.paper_parameters_m("patchgd", 4096, 128) == 26.41
 
 
 @pytest.mark.parametrize("method, amp", [("gd", False), ("patchgd", True)])
 def test_latency_is_measured_on_the_runs_model(method, amp):
     config = TrainConfig(method=method, backbone="mobilenet_v2", image_size=32, patch_size=16,
                          batch_size=2, amp=amp, device="cpu")
-    latency = panda.measure_latency(config, warmup=1, repeats=2)
-    assert latency["images_per_s"] > 0 and latency["batch_size"] == 2
-    assert latency["device"].startswith("CPU") and latency["repeats"] == 2
-    assert latency["precision"] == ("bf16 autocast (the CPU stand-in for fp16)" if amp else "fp32")
+    measured = latency.measure_latency(config, warmup=1, repeats=2)
+    assert measured["images_per_s"] > 0 and measured["batch_size"] == 2
+    assert measured["device"].startswith("CPU") and measured["repeats"] == 2
+    assert measured["precision"] == ("bf16 autocast (the CPU stand-in for fp16)" if amp else "fp32")
 
 
 def fake_results(name: str) -> list:
@@ -383,11 +385,11 @@ def fake_results(name: str) -> list:
 
 
 def test_tables_name_the_standin_in_the_title_and_every_row(tmp_path, monkeypatch):
-    monkeypatch.setattr(panda, "run_latency", lambda result, profile: {
+    monkeypatch.setattr(report, "run_latency", lambda result, profile: {
         "images_per_s": 12.345, "device": "CPU (2 threads)"})
-    data = panda.PandaData("stand-in", "stand-in, not PANDA: made up", 10, {})
+    data = scaling.PandaData("stand-in", "stand-in, not PANDA: made up", 10, {})
     profile = get_profile("smoke")
-    panda.write_panda_table(fake_results("table3"), tmp_path, data, profile, footer="hours: none\n")
+    report.write_panda_table(fake_results("table3"), tmp_path, data, profile, footer="hours: none\n")
     csv3 = pd.read_csv(tmp_path / "table3.csv")
     assert csv3["data"].tolist() == ["stand-in"] * 9
     assert csv3["paper params (M)"].tolist() == [23.52, 26.39, 23.52, 26.4, 23.52, 26.4, 23.52, 26.41, 26.4]
@@ -400,7 +402,7 @@ def test_tables_name_the_standin_in_the_title_and_every_row(tmp_path, monkeypatc
     assert md3.startswith("## Table 3: ResNet50 on PANDA (6 ISUP grades) — run on the stand-in")
     assert "stand-in, not PANDA: made up" in md3 and "hours: none" in md3
     assert "Of the paper's 4 orderings here" in md3 and "**tie**, within the noise" in md3
-    panda.write_panda_table(fake_results("table4"), tmp_path, data, profile)
+    report.write_panda_table(fake_results("table4"), tmp_path, data, profile)
     csv4 = pd.read_csv(tmp_path / "table4.csv")
     assert csv4["data"].tolist() == ["stand-in"] * 6 and "latency img/s" not in csv4.columns
     assert csv4["max sampled %"].tolist() == ["100%", "100%", "100%", "70%", "50%", "30%"]

@@ -8,7 +8,7 @@ import torch
 from patchgd_kit.cli import main
 from patchgd_kit.data import load_digit_pools
 from patchgd_kit.errors import KitError
-from patchgd_kit.models import METHODS, build_model
+from patchgd_kit.methods import METHODS, build_model
 from patchgd_kit.pretrain import digit_crops, load_weights_card, pretrain_backbone
 
 

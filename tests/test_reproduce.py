@@ -7,11 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from patchgd_kit import reproduce, results
+from patchgd_kit import latency, paperplans, reproduce, scaling, store
+from patchgd_kit.config import TrainConfig
 from patchgd_kit.cli import main
 from patchgd_kit.errors import KitError
 from patchgd_kit.profiles import get_profile
-from patchgd_kit.results import OUTPUTS, PAPER, RowResult
+from patchgd_kit.orderings import RowResult
+from patchgd_kit.paper import OUTPUTS, PAPER
 
 FAKE_PLAN = {"batch_size": 32, "k": 1, "estimated_peak_bytes": 2**34, "estimator": "fake"}
 
@@ -20,14 +22,14 @@ FAKE_PLAN = {"batch_size": 32, "k": 1, "estimated_peak_bytes": 2**34, "estimator
 def smoke_runs(tmp_path, monkeypatch):
     """KIT_RUNS in a temporary folder, and a stand-in planner (the real one takes seconds per row)."""
     monkeypatch.setenv("KIT_RUNS", str(tmp_path))
-    monkeypatch.setattr(reproduce, "paper_plan", lambda settings, cache: FAKE_PLAN)
+    monkeypatch.setattr(scaling, "paper_plan", lambda settings, cache: FAKE_PLAN)
     return tmp_path
 
 
 def test_a_row_runs_at_the_profiles_scale_with_the_planned_batch_capped(smoke_runs):
     profile = get_profile("smoke")
     table = PAPER["table1"]
-    config, plan, scale = reproduce.row_config(table, table.row("patchgd_4gb"), profile, seed=2)
+    config, plan, scale = scaling.row_config(table, table.row("patchgd_4gb"), profile, seed=2)
     assert (config.image_size, config.patch_size, config.epochs) == (64, 32, profile.epochs)
     assert config.batch_size == min(FAKE_PLAN["batch_size"], profile.max_batch_size)
     assert config.memory_budget == "4GB" and config.seed == 2
@@ -38,22 +40,22 @@ def test_a_row_runs_at_the_profiles_scale_with_the_planned_batch_capped(smoke_ru
     assert config.trunk_lr_scale == profile.trunk_lr_scale == 0.1
     assert scale == (f"64 px, patch 32; {10 * profile.per_class_train} train / {10 * profile.per_class_test} test "
                      f"images; {profile.epochs} epochs; trunk lr × 0.1")
-    uncapped, *_ = reproduce.row_config(table, table.row("patchgd_4gb"), get_profile("smoke", max_batch_size=None))
+    uncapped, *_ = scaling.row_config(table, table.row("patchgd_4gb"), get_profile("smoke", max_batch_size=None))
     assert uncapped.batch_size == min(FAKE_PLAN["batch_size"], 10 * profile.per_class_train)  # the train set caps it
 
 
 def test_one_batch_factor_and_a_backbones_own_scale(smoke_runs):
     # Every planned batch times the same factor (the budgets' ratios stay), at least 1.
     quarter = get_profile("smoke", batch_scale=0.25, max_batch_size=None)
-    assert [reproduce.scaled_batch(b, quarter, 1000) for b in (140, 36, 8, 2)] == [35, 9, 2, 1]
+    assert [scaling.scaled_batch(b, quarter, 1000) for b in (140, 36, 8, 2)] == [35, 9, 2, 1]
     # backbone_scale gives ResNet50 rows their own size, data (with its digit floor) and weights.
     profile = get_profile("smoke", backbone_scale={"resnet50": {"image_size": 96, "patch_size": 48,
                                                                 "min_digit_side": 8}})
     table = PAPER["table1"]
-    config, _, scale = reproduce.row_config(table, table.row("gd_16gb"), profile)
+    config, _, scale = scaling.row_config(table, table.row("gd_16gb"), profile)
     assert (config.image_size, Path(config.weights).name) == (96, "resnet50-digits-96px-crop48-min8px-2steps-seed0.pt")
     assert scale.startswith("96 px, digits ≥ 8 px;")
-    mobilenet, *_ = reproduce.row_config(PAPER["table2"], PAPER["table2"].row("gd_16gb"), profile)
+    mobilenet, *_ = scaling.row_config(PAPER["table2"], PAPER["table2"].row("gd_16gb"), profile)
     assert mobilenet.image_size == 64
 
 
@@ -62,23 +64,22 @@ def test_runs_shared_between_tables_have_one_store_folder(smoke_runs):
     folder = smoke_runs / "smoke"
 
     def run_of(table, row):
-        return results.run_folder(reproduce.row_config(PAPER[table], PAPER[table].row(row), profile)[0], folder)
+        return store.run_folder(scaling.row_config(PAPER[table], PAPER[table].row(row), profile)[0], folder)
     assert run_of("table5_6", "eps1") == run_of("table2", "patchgd_16gb")
     assert run_of("table5_6", "eps2") != run_of("table5_6", "eps1")
     assert run_of("table1", "gd_16gb") != run_of("table1", "gd_4gb")
 
 
 def test_plans_are_cached_on_disk(tmp_path, monkeypatch):
-    from patchgd_kit import memory
     calls = []
 
     def fake_plan(*args, **kwargs):
         calls.append(args)
         return SimpleNamespace(batch_size=32, k=None, estimated_peak_bytes=2**33, estimator="fake")
-    monkeypatch.setattr(memory, "plan", fake_plan)
+    monkeypatch.setattr(paperplans, "plan", fake_plan)
     settings = PAPER["table1"].settings(PAPER["table1"].row("gd_16gb"))
-    first = reproduce.paper_plan(settings, tmp_path / "plans.json")
-    again = reproduce.paper_plan(settings, tmp_path / "plans.json")
+    first = paperplans.paper_plan(settings, tmp_path / "plans.json")
+    again = paperplans.paper_plan(settings, tmp_path / "plans.json")
     assert first == again == {"batch_size": 32, "k": None, "estimated_peak_bytes": 2**33, "estimator": "fake"}
     assert calls == [("gd", "resnet50", 512, "16GB")]
 
@@ -137,13 +138,13 @@ def test_reproduce_end_to_end_on_the_smoke_profile(tmp_path):
 
 def test_paper_gpu_hours_scale_the_papers_a100_speed_by_measured_ratios(monkeypatch):
     speeds = {("gd", "resnet50"): 100.0, ("patchgd", "mobilenet_v2"): 200.0}
-    monkeypatch.setattr(reproduce, "inference_speed", lambda method, backbone, *args: speeds[method, backbone])
+    monkeypatch.setattr(latency, "inference_speed", lambda method, backbone, *args: speeds[method, backbone])
     table = PAPER["table5_6"]
-    config = reproduce.TrainConfig(method="patchgd", backbone="mobilenet_v2", image_size=64, patch_size=32)
+    config = TrainConfig(method="patchgd", backbone="mobilenet_v2", image_size=64, patch_size=32)
     # 20 test images in 2 s: 10 images/s evaluating, 5 training.
     run = {"history": [{"train_images_per_s": 5.0, "eval_seconds": 2.0}], "final": {}}
-    hours, basis = reproduce.paper_gpu_hours([RowResult(table, table.rows[0], config, FAKE_PLAN, "", [run], 20)])
-    gpu_eval = reproduce.A100_RESNET50_512_IMG_S * 2  # the row's model is twice as fast as ResNet50 here
+    hours, basis = latency.paper_gpu_hours([RowResult(table, table.rows[0], config, FAKE_PLAN, "", [run], 20)])
+    gpu_eval = latency.A100_RESNET50_512_IMG_S * 2  # the row's model is twice as fast as ResNet50 here
     paper = get_profile("paper")
     expected = paper.epochs * 10 * (paper.per_class_train / (gpu_eval / 2) + paper.per_class_test / gpu_eval)
     assert hours == pytest.approx(expected / 3600)
@@ -151,13 +152,13 @@ def test_paper_gpu_hours_scale_the_papers_a100_speed_by_measured_ratios(monkeypa
 
 
 def test_paper_hours_footer_calls_a_coarser_patch_grid_a_lower_bound(monkeypatch):
-    monkeypatch.setattr(reproduce, "paper_gpu_hours", lambda results: (12.3, "estimated, not measured"))
+    monkeypatch.setattr(latency, "paper_gpu_hours", lambda results: (12.3, "estimated, not measured"))
     run = {"history": [], "final": {}}
 
     def footer(table_name, row_id, image_size, patch_size):
         table = PAPER[table_name]
-        config = reproduce.TrainConfig(method="patchgd", image_size=image_size, patch_size=patch_size, num_classes=6)
-        return reproduce.paper_hours_footer([RowResult(table, table.row(row_id), config, FAKE_PLAN, "", [run])])
+        config = TrainConfig(method="patchgd", image_size=image_size, patch_size=patch_size, num_classes=6)
+        return latency.paper_hours_footer([RowResult(table, table.row(row_id), config, FAKE_PLAN, "", [run])])
 
     same_grid = footer("table5_6", "eps1", 64, 32)  # 2×2, as the paper's 512/256
     assert same_grid.startswith("**The paper profile**") and "about 12 A100 hours" in same_grid

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from patchgd_kit.errors import KitError
-from patchgd_kit.train import TrainConfig, evaluate_run, lr_lambda, train
+from patchgd_kit.config import TrainConfig
+from patchgd_kit.training import evaluate_run, lr_lambda, train
 
 SMALL = dict(backbone="mobilenet_v2", image_size=64, patch_size=32, batch_size=5, warmup_epochs=1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,8 +123,9 @@ def test_data_of_another_image_size_is_refused(tiny_data, tmp_path):
 @pytest.mark.parametrize("method", ["gd", "gd-extended", "patchgd"])
 @pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50"])
 def test_trunk_lr_scale_slows_exactly_the_weights_file_s_trunk(method, backbone, tmp_path):
-    from patchgd_kit.models import build_model, torchvision_model
-    from patchgd_kit.train import make_optimizer
+    from patchgd_kit.methods import build_model
+    from patchgd_kit.models import torchvision_model
+    from patchgd_kit.training import make_optimizer
     model = build_model(method, backbone, 10, 64, 32)
     config = TrainConfig(method=method, backbone=backbone, image_size=64, patch_size=32, lr=1e-3, trunk_lr_scale=0.1)
     fast, slow = make_optimizer(model, config).param_groups

@@ -6,7 +6,7 @@ from matplotlib.figure import Figure
 
 from patchgd_kit import live, viz, widgets
 from patchgd_kit.data import UltraMNIST, generate_image, load_digit_pools, normalize_uint8
-from patchgd_kit.models import build_model
+from patchgd_kit.methods import build_model
 
 
 @pytest.fixture(scope="module")

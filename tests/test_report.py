@@ -1,13 +1,14 @@
-"""The paper's numbers, the results store, mean ± std over seeds, the tables, orderings and report."""
+"""The paper's numbers, the results store, mean ± std over seeds, the tables, orderings, figure and report."""
 import dataclasses
 import math
 
 import pandas as pd
 import pytest
 
-from patchgd_kit import results
-from patchgd_kit.results import FIGURE2, OUTPUTS, PAPER, RowResult
-from patchgd_kit.train import TrainConfig
+from patchgd_kit import figure, orderings, report, store
+from patchgd_kit.config import TrainConfig
+from patchgd_kit.orderings import RowResult
+from patchgd_kit.paper import FIGURE2, OUTPUTS, PAPER
 
 
 def test_the_papers_numbers_are_all_there():
@@ -35,31 +36,31 @@ def test_every_claim_names_rows_of_its_table():
 def test_same_config_same_folder_and_different_config_different_folder(tmp_path):
     config = TrainConfig(method="patchgd", backbone="mobilenet_v2", data="d", image_size=64, patch_size=32)
     same = dataclasses.replace(config, workers=3)  # where data loads from is not part of the result
-    assert results.run_key(config) == results.run_key(same)
-    assert results.run_folder(config, tmp_path) == results.run_folder(same, tmp_path)
+    assert store.run_key(config) == store.run_key(same)
+    assert store.run_folder(config, tmp_path) == store.run_folder(same, tmp_path)
     for change in ({"seed": 1}, {"grad_accum": 2}, {"memory_budget": "4GB"}, {"batch_size": 8}, {"method": "gd"}):
         other = dataclasses.replace(config, **change)
-        assert results.run_folder(other, tmp_path) != results.run_folder(config, tmp_path), change
-    assert results.run_folder(config, tmp_path).parent == tmp_path / "store"
+        assert store.run_folder(other, tmp_path) != store.run_folder(config, tmp_path), change
+    assert store.run_folder(config, tmp_path).parent == tmp_path / "store"
 
 
 def test_a_finished_run_is_read_back_not_trained_again(tiny_data, tmp_path, monkeypatch):
     config = TrainConfig(method="patchgd", backbone="mobilenet_v2", data=str(tiny_data), image_size=64,
                          patch_size=32, batch_size=10, epochs=1, warmup_epochs=0)
-    first = results.train_in_store(config, tmp_path, progress=False)
-    assert results.is_finished(config, tmp_path)
+    first = store.train_in_store(config, tmp_path, progress=False)
+    assert store.is_finished(config, tmp_path)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was built again")
-    monkeypatch.setattr("patchgd_kit.train.build_model", no_training)
-    again = results.train_in_store(dataclasses.replace(config, workers=0), tmp_path, progress=False)
+    monkeypatch.setattr("patchgd_kit.training.build_model", no_training)
+    again = store.train_in_store(dataclasses.replace(config, workers=0), tmp_path, progress=False)
     assert again["final"] == first["final"]
 
 
 def test_mean_and_std_over_seeds():
-    assert results.format_mean_std([10.0, 20.0]) == "15.0 ± 7.1"
-    assert results.format_mean_std([12.34]) == "12.3"
-    mean, std = results.mean_std([3.0])
+    assert orderings.format_mean_std([10.0, 20.0]) == "15.0 ± 7.1"
+    assert orderings.format_mean_std([12.34]) == "12.3"
+    mean, std = orderings.mean_std([3.0])
     assert mean == 3.0 and math.isnan(std)
 
 
@@ -85,7 +86,7 @@ def _fake(table_name: str, accuracy: dict[str, list[float]]) -> list[RowResult]:
 
 def test_table_has_paper_measured_and_difference_for_every_row(tmp_path):
     fake = _fake("table1", {row.id: [20.0, 30.0] for row in PAPER["table1"].rows})
-    frame = results.write_table(fake, tmp_path, footer="GPU hours: none\n")
+    frame = report.write_table(fake, tmp_path, footer="GPU hours: none\n")
     assert len(frame) == 6
     assert frame["measured accuracy %"].tolist() == [25.0] * 6
     assert frame["measured − paper accuracy %"].iloc[0] == pytest.approx(25.0 - 65.2)
@@ -100,13 +101,13 @@ def test_table_has_paper_measured_and_difference_for_every_row(tmp_path):
 
 def test_orderings_are_decided_by_the_measured_numbers():
     fake = _fake("table5_6", {"eps1": [60.0, 61.0], "eps2": [40.0, 42.0], "eps4": [35.0, 60.0]})
-    checked = {c["claim"]: c for c in results.orderings(fake)}
+    checked = {c["claim"]: c for c in orderings.orderings(fake)}
     first, second = checked["PatchGD ε = 1 16 GB > PatchGD ε = 2 16 GB"], checked["PatchGD ε = 2 16 GB > PatchGD ε = 4 16 GB"]
     assert first["margin"] == 19.5 and not first["within_noise"]
     # 200 test images and 2 seeds per row: an accuracy near 45% is uncertain by about ±2.5 points.
     assert first["test_noise"] == pytest.approx(2 * (60.5 * 39.5 / 400 + 41 * 59 / 400) ** 0.5)
     assert second["margin"] == -6.5 and second["within_noise"]  # the seeds disagree by 17 points
-    text = results.orderings_markdown(fake)
+    text = orderings.orderings_markdown(fake)
     assert text.startswith("Of the paper's 2 orderings here, 1 hold beyond the noise at this scale, 0 are "
                            "reversed beyond the noise, and 1 are not decided")
     assert "**holds** beyond the noise" in text
@@ -115,7 +116,7 @@ def test_orderings_are_decided_by_the_measured_numbers():
 
 def test_orderings_put_the_papers_larger_side_first():
     fake = _fake("table1", {"gd_4gb": [50.0], "patchgd_4gb": [40.0], "gd_16gb": [10.0], "patchgd_16gb": [30.0]})
-    claims = {c["claim"]: c for c in results.orderings(fake, FIGURE2["claims"])}
+    claims = {c["claim"]: c for c in orderings.orderings(fake, FIGURE2["claims"])}
     gap = claims["(PatchGD (p=256) 4 GB − GD 4 GB) > (PatchGD (p=256) 16 GB − GD 16 GB)"]
     assert gap["paper"] == pytest.approx((9.5, 4.0)) and gap["measured"] == (-10.0, 20.0)
     assert claims["PatchGD (p=256) 16 GB > GD 16 GB"]["margin"] == 20.0
@@ -123,10 +124,10 @@ def test_orderings_put_the_papers_larger_side_first():
 
 def test_figure2_and_its_gaps(tmp_path):
     fake = _fake("table1", {r: [40.0, 50.0] for r in FIGURE2["rows"]})
-    results.write_figure2(fake, tmp_path)
+    figure.write_figure2(fake, tmp_path)
     for name in ("figure2.png", "figure2.svg", "figure2.md"):
         assert (tmp_path / name).stat().st_size > 0
-    gaps = results.figure2_gaps(fake)
+    gaps = figure.figure2_gaps(fake)
     assert gaps["paper text gap"].tolist() == [4.0, 13.0]
     assert gaps["paper Table 1 gap"].tolist() == pytest.approx([4.0, 9.5])
     assert gaps["measured gap"].tolist() == ["0.0 ± 0.0"] * 2
@@ -135,14 +136,14 @@ def test_figure2_and_its_gaps(tmp_path):
 def test_report_gathers_what_exists_and_names_what_is_missing(tmp_path):
     (tmp_path / "table1.md").write_text("## Table 1\n")
     (tmp_path / "figure2.md").write_text("## Figure 2\n")
-    report = results.write_report(tmp_path, "profile smoke").read_text()
-    assert report.index("## Figure 2") < report.index("## Table 1")
-    assert "Missing (their notebooks have not run or do not exist yet): table2, table3, table4, table5_6." in report
+    text = report.write_report(tmp_path, "profile smoke").read_text()
+    assert text.index("## Figure 2") < text.index("## Table 1")
+    assert "Missing (their notebooks have not run or do not exist yet): table2, table3, table4, table5_6." in text
 
 
 def test_one_seed_is_read_against_the_test_sets_sampling_noise():
     fake = _fake("table5_6", {"eps1": [14.5], "eps2": [11.5], "eps4": [40.0]})
-    first, second = results.orderings(fake)
+    first, second = orderings.orderings(fake)
     assert first["within_noise"] and math.isnan(first["seed_std"])  # 3 points on 200 images: noise
     assert not second["within_noise"]
 
@@ -165,11 +166,11 @@ def test_orderings_use_a_paired_bootstrap_over_the_same_test_images():
     eps4 = [0] * 20 + [1] * 60 + [1] * 20 + [0] * 100
     fake = _with_predictions(_fake("table5_6", {"eps1": [50.0], "eps2": [40.0], "eps4": [40.0]}),
                              {"eps1": eps1, "eps2": eps2, "eps4": eps4})
-    first, second = results.orderings(fake)
+    first, second = orderings.orderings(fake)
     assert first["ci95"][0] > 0 and not first["within_noise"]
     assert first["ci95"][0] == pytest.approx(10 - 2 * 100 * (0.1 * 0.9 / n) ** 0.5, abs=1.5)
     assert second["ci95"][0] < 0 < second["ci95"][1] and second["within_noise"]
-    assert results.orderings(fake) == [first, second]  # the same resamples every time
-    text = results.orderings_markdown(fake)
+    assert orderings.orderings(fake) == [first, second]  # the same resamples every time
+    text = orderings.orderings_markdown(fake)
     assert "paired bootstrap 95% interval of the margin [+" in text
     assert "1 hold beyond the noise at this scale, 0 are reversed beyond the noise, and 1 are not decided" in text

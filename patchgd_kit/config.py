@@ -1,0 +1,142 @@
+"""A training run's settings (``TrainConfig``), their checks, and the device choices derived from them.
+
+Each field carries its help text: the CLI's `train` options are built from these fields, so a new
+field is one line here. ``key()`` is what defines a run's result (the store hashes it); fields added
+after the first version are left out of it at their default, so adding a field orphans no stored run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import KitError, check_int, check_number
+from .methods import METHODS, uses_patches
+from .models import BACKBONES
+from .patches import schedule_for
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which train() calls, takes no more
+
+
+def _field(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    method: str = _field("patchgd", " | ".join(METHODS))
+    backbone: str = _field("resnet50", " | ".join(BACKBONES) + " (torchvision)")
+    data: str = _field("data/ultramnist", "dataset folder with train/ and test/ (from `generate`)")
+    image_size: int = _field(512, "image side in px; must match the data")
+    patch_size: int | None = _field(256, "PatchGD patch side p; divides the image size")
+    sampling: float = _field(0.25, "PatchGD: fraction of the m·n patches sampled per image per inner iteration "
+                                   "(k = floor(f·m·n), at least 1)")
+    max_sampled: float = _field(1.0, "PatchGD: fraction of the patches visited per batch; sets the inner "
+                                     "iterations ζ = ceil(max·m·n / k)")
+    grad_accum: int = _field(1, "PatchGD: ε, inner iterations per optimizer step (gradients averaged), 1..ζ")
+    epochs: int = _field(100, "epochs (paper: 100)")
+    batch_size: int | None = _field(16, "images per batch (None: planned from the memory budget)")
+    memory_budget: str | None = _field(None, "plan the batch for a GPU memory budget such as 4GB, and enforce "
+                                             "it on CUDA")
+    seed: int = _field(0, "random seed (init, data order, patch sampling)")
+    device: str = _field("auto", "auto | cpu | cuda")
+    amp: bool = _field(False, "mixed precision: fp16 with loss scaling on CUDA, bf16 on CPU")
+    lr: float = _field(1e-3, "peak learning rate of Adam (paper: 1e-3)")
+    trunk_lr_scale: float = _field(1.0, "the pretrained trunk's lr is lr times this, in (0, 1] (paper: 1, one "
+                                        "lr for all)")
+    warmup_epochs: float = _field(2.0, "linear warm-up from 0 (paper: 2)")
+    final_lr_fraction: float = _field(0.5, "linear decay to this fraction of the peak lr (Appendix C: half)")
+    weights: str | None = _field(None, "backbone init: none (default), imagenet (download), or a local "
+                                       "state-dict file")
+    num_classes: int = _field(10, "classes of the data (UltraMNIST 10, PANDA 6)")
+    fill_chunk: int = _field(256, "patches per backbone call while filling Z")
+    channels_last: str = _field("auto", "auto | on | off (auto: measured choice per backbone)")
+    workers: int = _field(0, "DataLoader worker processes")
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise KitError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}")
+        if self.backbone not in BACKBONES:
+            raise KitError(f"unknown backbone {self.backbone!r}; allowed: {', '.join(BACKBONES)}")
+        for name in ("image_size", "epochs", "fill_chunk"):
+            check_int(name.replace("_", " "), getattr(self, name), 1)
+        check_int("num classes", self.num_classes, 2)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        # More worker processes than cores only add memory: each one keeps its own image cache.
+        check_int("workers", self.workers, 0, os.cpu_count() or 1)
+        if self.batch_size is None and self.memory_budget is None:
+            raise KitError("give a batch size or a memory budget")
+        if self.batch_size is not None:
+            check_int("batch size", self.batch_size, 1)
+        validate_device(self.device)
+        if self.channels_last not in ("auto", "on", "off"):
+            raise KitError(f"channels_last {self.channels_last!r} is not one of auto, on, off")
+        check_number("lr", self.lr, "a number in (0, 1] (paper: 1e-3)", lambda v: 0 < v <= 1)
+        check_number("warm-up epochs", self.warmup_epochs, "a number >= 0 (paper: 2)", lambda v: v >= 0)
+        check_number("final lr fraction", self.final_lr_fraction, "a number in (0, 1]", lambda v: 0 < v <= 1)
+        check_number("trunk lr scale", self.trunk_lr_scale, "a number in (0, 1] (paper: 1)", lambda v: 0 < v <= 1)
+        if uses_patches(self.method):
+            if self.patch_size is None:
+                raise KitError("PatchGD needs --patch-size")
+            zeta = self.schedule()[1]
+            if not 1 <= self.grad_accum <= zeta:
+                raise KitError(f"grad accumulation ε = {self.grad_accum} must be between 1 and the "
+                               f"number of inner iterations ζ = {zeta}")
+
+    def schedule(self) -> tuple[int, int] | tuple[None, None]:
+        """(k, ζ) of a patch method; (None, None) for the others."""
+        if not uses_patches(self.method):
+            return None, None
+        return schedule_for(self.image_size, self.patch_size, self.sampling, self.max_sampled)
+
+    def key(self) -> dict:
+        """What defines the run's result: everything except where to find things (workers). Fields
+        added after the first version are left out at their default; the patch fields of methods
+        without patches are left out."""
+        d = dataclasses.asdict(self)
+        d.pop("workers")
+        for name in set(d) - FIRST_VERSION_FIELDS:
+            if d[name] == TrainConfig.__dataclass_fields__[name].default:
+                d.pop(name)
+        if not uses_patches(self.method):
+            for name in PATCH_FIELDS:
+                d.pop(name)
+        return d
+
+
+# The fields every stored run's key has always held; any other field joins a key only when it is
+# set to something other than its default.
+FIRST_VERSION_FIELDS = frozenset({
+    "method", "backbone", "data", "image_size", "patch_size", "sampling", "max_sampled", "grad_accum", "epochs",
+    "batch_size", "memory_budget", "seed", "device", "amp", "lr", "warmup_epochs", "final_lr_fraction", "weights",
+    "num_classes", "fill_chunk", "channels_last"})
+PATCH_FIELDS = ("patch_size", "sampling", "max_sampled", "grad_accum", "fill_chunk")
+
+
+def validate_device(device: str) -> None:
+    if device not in ("auto", "cpu", "cuda"):
+        raise KitError(f"device {device!r} is not one of auto, cpu, cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise KitError("device 'cuda' was asked for but no CUDA device is available; use auto or cpu")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if not config.amp:
+        return None
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def use_channels_last(config: TrainConfig, device: torch.device) -> bool:
+    if config.channels_last != "auto":
+        return config.channels_last == "on"
+    # Measured on 2 CPU cores (SPEC §7): 1.4-3.2x for MobileNetV2, mixed for ResNet50.
+    # On CUDA it pays under AMP (tensor cores want NHWC).
+    return config.backbone == "mobilenet_v2" or (device.type == "cuda" and config.amp)

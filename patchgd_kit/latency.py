@@ -1,0 +1,149 @@
+"""Speed: inference latency measured the way the official code measures it (Table 3's column), a
+row's latency kept in its store folder, parameter counts at the paper's sizes, and the A100 hours the
+paper profile would take, estimated from speeds measured here.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import statistics
+import time
+
+import torch
+
+from .config import TrainConfig, autocast_dtype, resolve_device, use_channels_last
+from .files import write_json
+from .methods import StepSettings, build_model, method_of, uses_patches
+from .models import count_parameters
+from .orderings import RowResult
+from .panda import PANDA_CLASSES
+from .paper import PAPER
+from .profiles import Profile, get_profile, profile_dir
+from .store import run_folder
+
+
+LATENCY_WARMUP = 2    # untimed passes first (cuDNN autotuning, allocator, caches)
+LATENCY_REPEATS = 3   # timed passes, each synchronised; images/s = batch / mean seconds
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def precision(config: TrainConfig) -> str:
+    """What "fp16" became on the device that ran: TrainConfig.amp is fp16 on CUDA, bf16 on a CPU."""
+    if not config.amp:
+        return "fp32"
+    if resolve_device(config.device).type == "cuda":
+        return "fp16 (CUDA autocast + loss scaling)"
+    return "bf16 autocast (the CPU stand-in for fp16)"
+
+
+@functools.cache
+def paper_parameters_m(method: str, image_size: int, patch_size: int | None) -> float:
+    """Millions of parameters of the ResNet50 model of a row built at the paper's scale with 6 classes,
+    truncated to 2 decimals as the paper prints them (26.396 → 26.39)."""
+    model = build_model(method, "resnet50", PANDA_CLASSES, image_size, patch_size)
+    return math.floor(count_parameters(model) / 1e4) / 100
+
+
+def measure_latency(config: TrainConfig, warmup: int = LATENCY_WARMUP,
+                    repeats: int = LATENCY_REPEATS) -> dict:
+    """Inference images/s of the run's model as the official code measures it: random images of the
+    run's batch size on the device, no gradient, ``warmup`` untimed passes, then ``repeats`` timed
+    ones, each ended by a device synchronisation. PatchGD infers g(fill(X)), every patch once."""
+    device = resolve_device(config.device)
+    model = build_model(config.method, config.backbone, config.num_classes, config.image_size,
+                        config.patch_size).to(device).eval()
+    if use_channels_last(config, device):  # as train() runs it
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = autocast_dtype(config, device)
+    images = torch.rand(config.batch_size, 3, config.image_size, config.image_size, device=device)
+
+    predict, settings = method_of(config.method).predict, StepSettings(fill_chunk=config.fill_chunk, amp_dtype=amp_dtype)
+
+    def infer() -> None:
+        predict(model, images, settings)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        infer()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        infer()
+        seconds.append(time.perf_counter() - start)
+    return {"images_per_s": config.batch_size / statistics.fmean(seconds), "device": device_name(device),
+            "batch_size": config.batch_size, "precision": precision(config), "warmup": warmup,
+            "repeats": repeats}
+
+
+def run_latency(result: RowResult, profile: Profile) -> dict:
+    """measure_latency for a row's run, kept in its store folder (``latency.json``) and measured
+    again only on another device or with other passes."""
+    path = run_folder(result.config, profile_dir(profile)) / "latency.json"
+    setup = {"device": device_name(resolve_device(result.config.device)), "warmup": LATENCY_WARMUP,
+             "repeats": LATENCY_REPEATS}
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if {k: saved.get(k) for k in setup} == setup:
+            return saved
+    latency = measure_latency(result.config)
+    write_json(path, latency)
+    return latency
+
+
+# The one GPU speed the paper gives: ResNet50 (GD) inference on 512 px images on an A100 40 GB.
+A100_RESNET50_512_IMG_S = PAPER["table3"].row("gd_512").paper["latency_img_s"]
+# The paper profile's images per class and epochs for each dataset (Profile fields).
+PAPER_SIZE_FIELDS = {"ultramnist": ("per_class_train", "per_class_test", "epochs"),
+                     "panda": ("panda_per_class_train", "panda_per_class_test", "panda_epochs")}
+
+
+@functools.lru_cache(maxsize=None)
+def inference_speed(method: str, backbone: str, image_size: int, patch_size: int | None, device: str = "auto") -> float:
+    """Inference images/s of a freshly built model (batch 16) on this machine, measured now."""
+    config = TrainConfig(method=method, backbone=backbone, image_size=image_size, patch_size=patch_size,
+                         batch_size=16, device=device)
+    return measure_latency(config, warmup=1)["images_per_s"]
+
+
+def paper_gpu_hours(results: list[RowResult]) -> tuple[float, str]:
+    """Estimated A100 hours of these rows under the `paper` profile (one seed), and how.
+
+    An estimate, not a measurement, built so that the load on a shared machine cancels out: a row's
+    A100 inference speed is the paper's ResNet50 figure times the speed of the row's model relative
+    to ResNet50, both measured here now at the run's size (pixel count scaled to the paper's); its
+    training speed follows from the ratio of training to evaluation images/s within the same run."""
+    paper = get_profile("paper")
+    seconds = 0.0
+    for r in results:
+        c = r.config
+        paper_size = r.table.settings(r.row)["image_size"]
+        relative = (inference_speed(c.method, c.backbone, c.image_size, c.patch_size, c.device)
+                    / inference_speed("gd", "resnet50", c.image_size, None, c.device))
+        gpu_eval = A100_RESNET50_512_IMG_S * relative * (512 / paper_size) ** 2
+        run_eval = statistics.fmean(r.test_images / row["eval_seconds"] for run in r.runs for row in run["history"])
+        gpu_train = gpu_eval * r.mean_over_epochs("train_images_per_s") / run_eval
+        train, test, epochs = (getattr(paper, f) for f in PAPER_SIZE_FIELDS[r.table.dataset])
+        seconds += epochs * c.num_classes * (train / gpu_train + test / gpu_eval)
+    basis = ("estimated, not measured: the paper's A100 inference speed for ResNet50 at 512 px "
+             f"({A100_RESNET50_512_IMG_S} images/s, Table 3), scaled to each row's model by their speed ratio "
+             "measured here, and to training by each run's own ratio of training to evaluation speed; the "
+             "paper profile's images and epochs, one seed. It assumes those ratios carry over to the GPU: a "
+             "rough guide only")
+    return seconds / 3600, basis
+
+
+def paper_hours_footer(results: list[RowResult]) -> str:
+    """The tables' closing line: the estimated A100 hours of these rows under the `paper` profile."""
+    hours, basis = paper_gpu_hours(results)
+    coarser = any(uses_patches(r.config.method) and r.config.image_size // r.config.patch_size
+                  < r.table.settings(r.row)["image_size"] // r.table.settings(r.row)["patch_size"] for r in results)
+    bound = (" The scaled PatchGD runs have coarser patch grids than the paper's, so read it as a lower bound."
+             if coarser else "")
+    return f"**The paper profile** (these rows, one seed): about {hours:.0f} A100 hours ({basis}).{bound}\n"

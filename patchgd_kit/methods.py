@@ -1,0 +1,96 @@
+"""The training methods, one entry of ``METHODS`` each: how to build the model, train one batch and
+predict. Everything above the core (training, the planner, tables, the CLI) reaches a method only
+through its entry, so a new method (a baseline, a variant) is one entry here.
+
+- ``gd``: plain mini-batch gradient descent on the whole image (the paper's GD).
+- ``gd-extended``: GD with PatchGD's head on the backbone's feature map (the paper's GD-extended).
+- ``patchgd``: Algorithm 1 (``patchgd.train_batch``) on a grid of patches; patch size, sampling,
+  max sampled and ε apply to it alone (``Method.patches``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import gd, patchgd
+from .errors import KitError
+from .models import GDExtended, PatchGDModel, backbone_of, classifier_model
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What a training step or a prediction needs besides the model and the batch."""
+    k: int | None = None                 # PatchGD: patches per image per inner iteration
+    inner_iterations: int | None = None  # PatchGD: ζ
+    grad_accum: int = 1                  # PatchGD: ε
+    fill_chunk: int = 256                # PatchGD: patches per backbone call while filling Z
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    generator: torch.Generator | None = None  # PatchGD: the patch sampler's random stream
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str                 # as the paper's tables name it
+    patches: bool              # trains on a patch grid (patch size, sampling, max sampled, ε apply)
+    build: Callable[[str, int, int, int | None, str | None], nn.Module]  # backbone, classes, image, patch, weights
+    train_batch: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.optim.Optimizer, StepSettings],
+                          tuple[torch.Tensor, int]]  # → (detached loss, optimizer steps)
+    predict: Callable[[nn.Module, torch.Tensor, StepSettings], torch.Tensor]  # → logits, fp32
+
+
+def _gd_step(model, images, labels, optimizer, s: StepSettings):
+    return gd.train_batch(model, images, labels, optimizer, amp_dtype=s.amp_dtype, scaler=s.scaler)
+
+
+def _gd_predict(model, images, s: StepSettings):
+    return gd.predict(model, images, amp_dtype=s.amp_dtype)
+
+
+def _patchgd_step(model, images, labels, optimizer, s: StepSettings):
+    return patchgd.train_batch(model, images, labels, optimizer, k=s.k, inner_iterations=s.inner_iterations,
+                               grad_accum=s.grad_accum, generator=s.generator, fill_chunk=s.fill_chunk,
+                               amp_dtype=s.amp_dtype, scaler=s.scaler)
+
+
+def _patchgd_predict(model, images, s: StepSettings):
+    return patchgd.predict(model, images, fill_chunk=s.fill_chunk, amp_dtype=s.amp_dtype)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("gd", "GD", False, lambda backbone, classes, image, patch, weights: classifier_model(backbone, classes, weights),
+           _gd_step, _gd_predict),
+    Method("gd-extended", "GD-extended", False,
+           lambda backbone, classes, image, patch, weights: GDExtended(backbone, classes, image, weights),
+           _gd_step, _gd_predict),
+    Method("patchgd", "PatchGD", True,
+           lambda backbone, classes, image, patch, weights: PatchGDModel(backbone, classes, image, patch, weights=weights),
+           _patchgd_step, _patchgd_predict),
+)}
+
+
+def method_of(name: str) -> Method:
+    if name not in METHODS:
+        raise KitError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def uses_patches(name: str) -> bool:
+    """True for a method trained on a patch grid (PatchGD): patch size, sampling and ε apply."""
+    return method_of(name).patches
+
+
+def build_model(method: str, backbone: str, num_classes: int, image_size: int,
+                patch_size: int | None = None, weights: str | None = None) -> nn.Module:
+    """The model of a method around a torchvision backbone, its classifier or head set to the classes."""
+    spec = method_of(method)
+    backbone_of(backbone)
+    if num_classes < 2:
+        raise KitError(f"num_classes {num_classes} must be at least 2")
+    if spec.patches and patch_size is None:
+        raise KitError(f"{spec.label} needs a patch size")
+    return spec.build(backbone, num_classes, image_size, patch_size if spec.patches else None, weights)

@@ -1,0 +1,153 @@
+"""The memory planner over the paper's rows: a row's settings as the planner's arguments (ε = ζ
+resolved), the plan of one row at the paper's scale (cached per profile: every notebook asks), and
+the table of plans of every paper row at 4, 16 and 24 GB (`python -m patchgd_kit plan --table`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import livebytes, memory
+from .files import content_hash, write_text
+from .memory import BudgetTooSmall, format_bytes, plan
+from .methods import uses_patches
+from .paper import PAPER, ZETA
+from .patches import schedule_for
+
+
+def grad_accum_of(settings: dict) -> int:
+    """ε of a row's settings (1 when unset), ZETA resolved to that row's ζ."""
+    eps = settings.get("grad_accum", 1)
+    if eps != ZETA:
+        return eps
+    return schedule_for(settings["image_size"], settings["patch_size"], settings["sampling"],
+                        settings["max_sampled"])[1]
+
+
+def planner_args(settings: dict) -> dict:
+    """plan()'s arguments for a row's settings at the paper's scale."""
+    args = {"method": settings["method"], "backbone": settings["backbone"], "image_size": settings["image_size"],
+            "budget": settings["memory_budget"], "amp": settings.get("amp", False),
+            "num_classes": settings["num_classes"]}
+    if uses_patches(settings["method"]):
+        args.update(patch_size=settings["patch_size"], sampling=settings["sampling"],
+                    grad_accum=grad_accum_of(settings))
+    return args
+
+
+def paper_plan(settings: dict, cache: Path) -> dict:
+    """The planner's batch size, k and estimated peak for a row at the paper's scale.
+
+    Kept in the JSON file `cache`: planning takes seconds per row and every notebook asks. The
+    planner's source is part of the key, so a changed planner plans again."""
+    args = planner_args(settings)
+    source = content_hash([Path(m.__file__).read_text() for m in (memory, livebytes)], 12)
+    key = json.dumps({**args, "planner": source}, sort_keys=True)
+    cache = Path(cache)
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    if key not in known:
+        found = plan(args.pop("method"), args.pop("backbone"), args.pop("image_size"), args.pop("budget"), **args)
+        known[key] = {"batch_size": found.batch_size, "k": found.k,
+                      "estimated_peak_bytes": found.estimated_peak_bytes, "estimator": found.estimator}
+        write_text(cache, json.dumps(known, indent=1, sort_keys=True))
+    return known[key]
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One run configuration of the paper's tables, with the budgets the paper gives it
+    (``memory_rows()`` makes them from the paper's tables)."""
+    source: str
+    method: str
+    backbone: str
+    image_size: int
+    patch_size: int | None = None
+    sampling: float | None = None
+    max_sampled: float = 1.0
+    grad_accum: int = 1
+    amp: bool = False
+    num_classes: int = 10
+    paper_budget: str = ""
+
+
+TABLE_BUDGETS = ("4GB", "16GB", "24GB")
+
+
+def _plan_key(row: PaperRow) -> PaperRow:
+    """Rows that differ only in what leaves the peak alone (max sampled, ε beyond 2) share a plan."""
+    return dataclasses.replace(row, source="", max_sampled=1.0, paper_budget="", grad_accum=min(row.grad_accum, 2))
+
+
+def _row_plans(row: PaperRow, budgets: tuple[str, ...]) -> list[dict]:
+    out = []
+    for budget in budgets:
+        try:
+            p = plan(row.method, row.backbone, row.image_size, budget, patch_size=row.patch_size,
+                     sampling=row.sampling, amp=row.amp, num_classes=row.num_classes, grad_accum=row.grad_accum)
+            out.append({"batch_size": p.batch_size, "k": p.k, "estimated_peak_bytes": p.estimated_peak_bytes,
+                        "needs_bytes": None, "estimator": p.estimator})
+        except BudgetTooSmall as exc:
+            out.append({"batch_size": None, "k": None, "estimated_peak_bytes": None,
+                        "needs_bytes": exc.needs_bytes, "estimator": None})
+    return out
+
+
+def memory_table(rows: list[PaperRow], budgets: tuple[str, ...] = TABLE_BUDGETS, workers: int = 2) -> list[dict]:
+    """The plan for every row at every budget: one dict per (row, budget)
+    with the row's fields, `budget`, `batch_size`, `k`, `estimated_peak_bytes`, `estimator`; when
+    even batch 1 does not fit, those are None and `needs_bytes` is batch 1's estimated peak.
+    `workers` processes share the distinct plans (about 3 minutes for the whole table in one)."""
+    keys = sorted(set(map(_plan_key, rows)), key=lambda r: -r.image_size)  # the slowest first
+    if workers > 1:
+        # spawn, not fork: a fork of a process whose torch has started threads can hang
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            results = list(pool.map(_row_plans, keys, itertools.repeat(budgets)))
+    else:
+        results = [_row_plans(key, budgets) for key in keys]
+    plans = dict(zip(keys, results))
+    return [{**dataclasses.asdict(row), "budget": budget, **cell}
+            for row in rows for budget, cell in zip(budgets, plans[_plan_key(row)])]
+
+
+def format_table(cells: list[dict]) -> str:
+    """Markdown: one line per paper row, one column per budget ("B" batch, "k" patches per image)."""
+    budgets = list(dict.fromkeys(c["budget"] for c in cells))
+    lines = ["| Source | Method | Backbone | Image | Patch | Sampling / max | ε | Precision | Paper GB | "
+             + " | ".join(budgets) + " |",
+             "|" + "---|" * (9 + len(budgets))]
+    for i in range(0, len(cells), len(budgets)):
+        row = cells[i]
+        sampling = f"{row['sampling']:.0%} / {row['max_sampled']:.0%}" if row["patch_size"] else "–"
+        out = []
+        for c in cells[i:i + len(budgets)]:
+            if c["batch_size"] is None:
+                out.append(f"does not fit (B=1 needs {format_bytes(c['needs_bytes'])})")
+            else:
+                out.append(f"B={c['batch_size']}" + (f", k={c['k']}" if c["k"] is not None else "")
+                           + f" · {format_bytes(c['estimated_peak_bytes'])}")
+        lines.append(f"| {row['source']} | {row['method']} | {row['backbone']} | {row['image_size']} | "
+                     f"{row['patch_size'] or '–'} | {sampling} | {row['grad_accum']} | "
+                     f"{'fp16' if row['amp'] else 'fp32'} | {row['paper_budget']} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
+def memory_rows() -> list[PaperRow]:
+    """Each distinct run configuration of every paper table, once per table, with the budgets the
+    paper gives it ("16, 4"): the rows of the planner's table (`patchgd_kit plan --table`)."""
+    budgets: dict[PaperRow, list[str]] = {}
+    for table in PAPER.values():
+        source = "Table " + table.name.removeprefix("table").replace("_", "/")
+        for row in table.rows:
+            s = table.settings(row)
+            patch = {"patch_size": s["patch_size"], "sampling": s["sampling"], "max_sampled": s["max_sampled"],
+                     "grad_accum": grad_accum_of(s)} if uses_patches(s["method"]) else {}
+            key = PaperRow(source, s["method"], s["backbone"], s["image_size"], amp=s.get("amp", False),
+                           num_classes=s["num_classes"], **patch)
+            budgets.setdefault(key, []).append(s["memory_budget"].removesuffix("GB"))
+    return [dataclasses.replace(row, paper_budget=", ".join(b)) for row, b in budgets.items()]

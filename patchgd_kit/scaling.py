@@ -1,0 +1,149 @@
+"""A paper row at a profile's scale: the profile's data for each dataset (UltraMNIST; PANDA from
+``$PANDA_ROOT`` or its labelled stand-in), image and patch sizes, epochs, and the batch the memory
+planner gives at the paper's scale times the profile's one batch factor. ``row_config`` turns a row
+of ``paper.PAPER`` into the TrainConfig that runs it.
+
+The stand-in for PANDA: UltraMNIST generated at the profile's 4096 px (digits scaled with the image),
+then shrunk to its 2048 and 512 exactly as the slides are, so the three resolutions show the same
+images with less detail, as PANDA's do; named "stand-in" wherever it appears. Scaled profiles divide
+every image size by ``profile.panda_scale`` and each side of the patch grids by
+``profile.panda_grid_scale``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import TrainConfig
+from .data import MIN_DIGIT_SIDE, UltraMNIST, ensure_dataset, shrink_dataset
+from .errors import KitError
+from .methods import uses_patches
+from .panda import PANDA_CLASSES, PAPER_SIZES, preprocess_panda
+from .paper import Table
+from .paperplans import grad_accum_of, paper_plan
+from .profiles import Profile, profile_dataset, profile_dir, profile_weights
+
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def scaled_sizes(profile: Profile) -> dict[int, int]:
+    """{paper size: this profile's size}: 4096, 2048 and 512 divided by ``profile.panda_scale``."""
+    scale = profile.panda_scale
+    if any(size % scale for size in PAPER_SIZES):
+        raise KitError(f"panda_scale {scale} of profile {profile.name!r} is not allowed; allowed: a "
+                       f"power of two up to 512 (it must divide {PAPER_SIZES})")
+    return {size: size // scale for size in PAPER_SIZES}
+
+
+def standin_datasets(profile: Profile, seed: int = 0, progress: bool = True) -> dict[int, Path]:
+    """{paper size: folder} of the stand-in: UltraMNIST at the profile's 4096, shrunk to its 2048
+    and 512. Made once in ``runs/<profile>/data/``."""
+    sizes = scaled_sizes(profile)
+    canvas = ensure_dataset(profile_dir(profile) / "data", sizes[4096], profile.panda_per_class_train,
+                            profile.panda_per_class_test, seed, progress=progress)
+    return {paper: canvas if paper == 4096 else shrink_dataset(canvas, size, progress)
+            for paper, size in sizes.items()}
+
+
+PANDA_ROOT_ENV = "PANDA_ROOT"  # where the challenge's files are; unset: Tables 3 and 4 use the stand-in
+
+
+@dataclass(frozen=True)
+class PandaData:
+    """The data of Tables 3 and 4 at a profile's scale: PANDA, or the stand-in."""
+    name: str                  # "PANDA" or "stand-in": written into every table row and title
+    description: str
+    num_classes: int
+    folders: dict[int, Path]   # paper size (4096, 2048, 512) → dataset folder at the profile's size
+
+
+def panda_data(profile: Profile, progress: bool = True) -> PandaData:
+    """PANDA from ``$PANDA_ROOT`` preprocessed at the profile's sizes, or the stand-in when it is
+    unset. Made once in ``runs/<profile>/data/``. At the paper's scale every slide is used; scaled
+    profiles take their per-class counts of slides."""
+    sizes = scaled_sizes(profile)
+    root = os.environ.get(PANDA_ROOT_ENV)
+    if not root:
+        return PandaData(
+            "stand-in",
+            f"stand-in, not PANDA: UltraMNIST made at {sizes[4096]} px ({profile.panda_per_class_train} "
+            f"train / {profile.panda_per_class_test} test images per class) and shrunk to {sizes[2048]} "
+            f"and {sizes[512]} px as the slides are; 10 ordinal classes (digit sums 0-9) where PANDA has "
+            "6 ISUP grades. Set PANDA_ROOT to the challenge's folder to run on PANDA.",
+            10, standin_datasets(profile, progress=progress))
+    caps = (None, None) if profile.panda_scale == 1 else (profile.panda_per_class_train,
+                                                          profile.panda_per_class_test)
+    out = profile_dir(profile) / "data" / f"panda_{sizes[4096]}px_{caps[0] or 'all'}-{caps[1] or 'all'}pc"
+    folders = preprocess_panda(root, out, tuple(sizes.values()), per_class_train=caps[0],
+                               per_class_test=caps[1], progress=progress)
+    return PandaData("PANDA", f"PANDA from {root}, preprocessed as Appendix B.1 into {out}",
+                     PANDA_CLASSES, {paper: folders[size] for paper, size in sizes.items()})
+
+
+def scaled_patch(profile: Profile, image_size: int, patch_size: int) -> int:
+    """The patch side at the profile's scale for a paper row (image_size, patch_size): the grid side
+    divided by ``panda_grid_scale`` (at least 2) over the image side divided by ``panda_scale``."""
+    side = max(2, image_size // patch_size // profile.panda_grid_scale)
+    return image_size // profile.panda_scale // side
+
+
+def scale_panda_row(profile: Profile, settings: dict) -> dict:
+    """TrainConfig values of a Table 3 or 4 row (paper-scale ``settings``) at the profile's scale:
+    its data, image and patch size, classes and epochs. reproduce.row_config calls it."""
+    data = panda_data(profile, progress=False)
+    paper_size = settings["image_size"]
+    values = {"data": str(data.folders[paper_size]), "image_size": paper_size // profile.panda_scale,
+              "num_classes": data.num_classes, "epochs": profile.panda_epochs,
+              "warmup_epochs": profile.warmup_epochs}
+    if uses_patches(settings["method"]):
+        values["patch_size"] = scaled_patch(profile, paper_size, settings["patch_size"])
+    return values
+
+
+def _ultramnist_scale(profile: Profile, settings: dict) -> dict:
+    """The paper's UltraMNIST (512 px, patch 256, 100 epochs) at the profile's size for the row's
+    backbone: the same 2×2 grid."""
+    profile = profile.for_backbone(settings["backbone"])
+    return {"data": str(profile_dataset(profile, progress=False)), "image_size": profile.image_size,
+            "patch_size": profile.patch_size, "epochs": profile.epochs, "warmup_epochs": profile.warmup_epochs}
+
+
+# How a profile scales each dataset's runs: TrainConfig overrides (data, sizes, epochs).
+SCALERS = {"ultramnist": _ultramnist_scale, "panda": scale_panda_row}
+
+
+def scaled_batch(planned: int, profile: Profile, train_images: int) -> int:
+    """The planner's batch at the paper's scale times the profile's batch_scale (at least 1), capped
+    by the profile's largest batch and the training set: one factor for every row keeps the ratios
+    between the budgets' batches, the regime the paper compares."""
+    batch = max(1, round(planned * profile.batch_scale))
+    return min(batch, profile.max_batch_size or batch, train_images)
+
+
+def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[TrainConfig, dict, str]:
+    """(TrainConfig, the planner's answer at the paper's scale, the scale in words) of a paper row."""
+    settings = table.settings(row)
+    plan = paper_plan(settings, profile_dir(profile) / "plans.json")
+    if table.dataset not in SCALERS:
+        raise KitError(f"{table.name} runs on {table.dataset!r} data, which this kit cannot scale yet; "
+                       f"allowed: {', '.join(SCALERS)}")
+    scaled = SCALERS[table.dataset](profile, settings)
+    train_set = UltraMNIST(scaled["data"], "train", cache=False)
+    train_images = len(train_set)
+    test_images = len(UltraMNIST(scaled["data"], "test", cache=False))
+    batch = scaled_batch(plan["batch_size"], profile, train_images)
+    fields = {k: v for k, v in {**settings, **scaled}.items() if k in TRAIN_FIELDS}
+    fields["grad_accum"] = grad_accum_of(fields)  # ε = ζ of the scaled grid
+    config = TrainConfig(**{**fields, "batch_size": batch, "seed": seed, "trunk_lr_scale": profile.trunk_lr_scale,
+                            "weights": profile_weights(profile.for_backbone(settings["backbone"]),
+                                                       settings["backbone"], progress=False)})
+    config.validate()
+    patch = f", patch {config.patch_size}" if uses_patches(config.method) else ""
+    floor = f", digits ≥ {train_set.min_digit_side} px" if train_set.min_digit_side != MIN_DIGIT_SIDE else ""
+    factor = f"; batch = planned × {profile.batch_scale:g}" if profile.batch_scale != 1 else ""
+    trunk_lr = f"; trunk lr × {config.trunk_lr_scale:g}" if config.trunk_lr_scale != 1 else ""
+    scale = (f"{config.image_size} px{patch}{floor}; {train_images} train / {test_images} test images; "
+             f"{config.epochs} epochs{factor}{trunk_lr}")
+    return config, plan, scale

@@ -1,0 +1,313 @@
+"""Training runs, in the style of torchvision's references: ``train_one_epoch`` and ``evaluate`` around
+the method's own step (``methods.METHODS``), and ``train``, which sets a run up, resumes it from its
+folder (``runfolder``), checkpoints every epoch and finishes it.
+
+Every value and the data, the weights and the batch are checked before the folder is written, and the
+folder is locked while a process trains in it. Rerunning resumes from the checkpoint or, when the run
+is finished, returns its saved result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import cohen_kappa_score
+from tqdm.auto import tqdm
+
+from .config import TrainConfig, autocast_dtype, resolve_device, use_channels_last, validate_device
+from .data import UltraMNIST
+from .errors import KitError
+from .files import locked, write_json
+from .memory import Plan, limit_cuda_memory, out_of_memory_error, plan_for_config
+from .methods import StepSettings, build_model, method_of
+from .models import trunk_of
+from .runfolder import (CHECKPOINT, claim_run_folder, finished_result, load_checkpoint, rng_state, save_checkpoint,
+                        save_finished, set_rng_state, write_metrics)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam without weight decay (the official code): the new layers at lr (group 0, the lr the
+    metrics report), the pretrained trunk at lr × trunk_lr_scale (group 1)."""
+    trunk = {id(p) for p in trunk_of(model, config.backbone).parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in trunk], "lr": config.lr},
+              {"params": [p for p in model.parameters() if id(p) in trunk], "lr": config.lr * config.trunk_lr_scale}]
+    return torch.optim.Adam(groups, lr=config.lr)
+
+
+def lr_lambda(config: TrainConfig, batches_per_epoch: int) -> Callable[[int], float]:
+    """Linear warm-up from 0 over `warmup_epochs`, then linear decay to `final_lr_fraction` of the
+    peak at the end of training; one step per batch."""
+    warm = config.warmup_epochs * batches_per_epoch
+    total = config.epochs * batches_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return step / warm
+        return 1 - (1 - config.final_lr_fraction) * (step - warm) / max(1, total - warm)
+    return factor
+
+
+def _check_data(dataset: UltraMNIST, config: TrainConfig) -> None:
+    root = dataset.folder.parent
+    if dataset.image_size != config.image_size:
+        raise KitError(f"data in {root} has images of {dataset.image_size} px but the image size is "
+                       f"{config.image_size}; regenerate the data or pass --image-size {dataset.image_size}")
+    if dataset.num_classes != config.num_classes:  # the Dataset has checked every label against its own
+        raise KitError(f"data in {root} has {dataset.num_classes} classes but num_classes is "
+                       f"{config.num_classes}; pass --num-classes {dataset.num_classes}")
+
+
+def load_datasets(config: TrainConfig) -> tuple[UltraMNIST, UltraMNIST]:
+    train_set, test_set = UltraMNIST(config.data, "train"), UltraMNIST(config.data, "test")
+    for dataset in (train_set, test_set):
+        _check_data(dataset, config)
+    return train_set, test_set
+
+
+def _batches(dataset, indices: list[int], batch_size: int, workers: int):
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+        num_workers=workers, drop_last=False)
+    return loader
+
+
+def evaluate(model: torch.nn.Module, method: str, dataset, batch_size: int, device: torch.device, *,
+             amp_dtype: torch.dtype | None = None, fill_chunk: int = 256, workers: int = 0) -> dict:
+    """Loss, accuracy (%), quadratic-weighted kappa and the predicted class of every image (in the
+    dataset's order, for paired comparisons of runs) on a dataset; PatchGD infers g_θ2(fill(X))."""
+    model.eval()
+    predict, settings = method_of(method).predict, StepSettings(fill_chunk=fill_chunk, amp_dtype=amp_dtype)
+    losses, preds, labels = [], [], []
+    for images, y in _batches(dataset, list(range(len(dataset))), batch_size, workers):
+        images, y = images.to(device), y.to(device)
+        logits = predict(model, images, settings)
+        losses.append(torch.nn.functional.cross_entropy(logits, y, reduction="sum").item())
+        preds.append(logits.argmax(1).cpu())
+        labels.append(y.cpu())
+    preds, labels = torch.cat(preds).numpy(), torch.cat(labels).numpy()
+    agree = len(set(preds) | set(labels)) > 1  # kappa is undefined when one class is all there is
+    qwk = float(cohen_kappa_score(labels, preds, weights="quadratic")) if agree else float("nan")
+    return {"test_loss": sum(losses) / len(labels), "accuracy": float((preds == labels).mean() * 100),
+            "qwk": qwk, "predictions": preds.tolist()}
+
+
+def _peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_allocated_bytes": torch.cuda.max_memory_allocated(device),
+                "peak_reserved_bytes": torch.cuda.max_memory_reserved(device)}
+    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+@dataclass
+class Run:
+    """A run being trained in its (locked) folder: its model and everything that moves as it trains."""
+    config: TrainConfig
+    out: Path
+    model: torch.nn.Module
+    device: torch.device
+    train_set: UltraMNIST
+    test_set: UltraMNIST
+    plan: Plan | None
+    progress: bool
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    step: StepSettings           # the method's step settings: k, ζ, ε, precision, scaler, sampler
+    batches_per_epoch: int       # the last, incomplete batch is dropped
+
+
+def setup_run(config: TrainConfig, out: Path, model: torch.nn.Module, device: torch.device,
+              datasets: tuple[UltraMNIST, UltraMNIST], plan: Plan | None, progress: bool) -> Run:
+    """The optimizer, lr schedule, loss scaler and patch sampler of a fresh run."""
+    optimizer = make_optimizer(model, config)
+    batches = len(datasets[0]) // config.batch_size
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, batches))
+    amp_dtype = autocast_dtype(config, device)
+    k, zeta = config.schedule()
+    step = StepSettings(k=k, inner_iterations=zeta, grad_accum=config.grad_accum, fill_chunk=config.fill_chunk,
+                        amp_dtype=amp_dtype, generator=torch.Generator().manual_seed(config.seed),
+                        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)
+    return Run(config, out, model, device, *datasets, plan, progress, optimizer, scheduler, step, batches)
+
+
+def checkpoint(run: Run, history: list[dict], predictions: list[int] | None, pending: dict | None = None) -> None:
+    """Save the run (`pending`: an epoch trained but not yet evaluated)."""
+    scaler = run.step.scaler
+    save_checkpoint(run.out, {
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+        "rng": rng_state(run.step.generator), "history": history, "predictions": predictions, "pending": pending,
+        "config": run.config.key()})
+
+
+def resume(run: Run) -> tuple[list[dict], list[int] | None, dict | None]:
+    """(history, the last evaluated epoch's predictions, an epoch trained but not evaluated) from the
+    newest good checkpoint; nothing when there is none."""
+    state = load_checkpoint(run.out, run.device)
+    if state is None:
+        return [], None, None
+    if state["config"] != run.config.key():
+        raise KitError(f"the checkpoint in {run.out} was written by a run with another config; use "
+                       "another --out, or rerun with --restart to begin the run again")
+    run.model.load_state_dict(state["model"])
+    if "optimizer" in state:  # a finished run's checkpoint keeps the model and the history only
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        if run.step.scaler is not None:
+            run.step.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"], run.step.generator)
+    write_metrics(run.out / "metrics.jsonl", state["history"])  # drop any line written after it
+    return state["history"], state.get("predictions"), state.get("pending")
+
+
+def _train_batch(run: Run, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """One batch through the method's step: (its loss, the optimizer steps taken)."""
+    try:
+        loss, steps = method_of(run.config.method).train_batch(run.model, images, labels, run.optimizer, run.step)
+    except torch.OutOfMemoryError as exc:
+        if run.plan is None:
+            raise
+        raise out_of_memory_error(run.plan, run.config.batch_size) from exc
+    return loss.item(), steps
+
+
+def train_one_epoch(run: Run, epoch: int) -> dict:
+    """One epoch of optimizer steps; returns its row of training metrics."""
+    config, device = run.config, run.device
+    run.model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    order = torch.randperm(len(run.train_set), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+    indices = order[: run.batches_per_epoch * config.batch_size].tolist()
+    bar = tqdm(_batches(run.train_set, indices, config.batch_size, config.workers), total=run.batches_per_epoch,
+               desc=f"{config.method} {config.backbone} epoch {epoch}/{config.epochs}",
+               disable=not run.progress, leave=False)
+    start, losses, steps = time.perf_counter(), [], 0
+    for images, labels in bar:
+        loss, n = _train_batch(run, images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+        if not math.isfinite(loss):  # a run that diverged must not be stored as finished
+            raise KitError(f"training diverged in epoch {epoch} (loss {loss}); nothing of this epoch is "
+                           f"saved: rerun with a lower --lr than {config.lr:g}")
+        run.scheduler.step()
+        losses.append(loss)
+        steps += n
+        bar.set_postfix(loss=f"{loss:.3f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": run.scheduler.get_last_lr()[0],
+            "optimizer_steps": steps, "train_seconds": seconds, "train_images_per_s": len(indices) / seconds,
+            **_peak_memory(device)}
+
+
+def evaluate_epoch(run: Run, row: dict) -> list[int]:
+    """Score the test set into `row`; returns the predicted classes."""
+    start, config = time.perf_counter(), run.config
+    row.update(evaluate(run.model, config.method, run.test_set, config.batch_size, run.device,
+                        amp_dtype=run.step.amp_dtype, fill_chunk=config.fill_chunk, workers=config.workers))
+    predictions = row.pop("predictions")  # kept for the last epoch only: the paired bootstrap's input
+    row["eval_seconds"] = time.perf_counter() - start
+    return predictions
+
+
+def finish_run(run: Run, history: list[dict], predictions: list[int] | None) -> dict:
+    result = {"run_dir": str(run.out), "config": run.config.key(), "history": history, "final": history[-1],
+              "test_predictions": predictions, "test_labels": run.test_set.labels}
+    save_finished(run.out, result, run.model.state_dict())
+    return result
+
+
+def _train_epochs(run: Run, on_epoch: Callable[[dict], None] | None) -> dict:
+    """Train the run's remaining epochs, each checkpointed, and finish it."""
+    history, predictions, pending = resume(run)
+    for epoch in range(len(history) + 1, run.config.epochs + 1):
+        if pending is None:
+            row = train_one_epoch(run, epoch)
+            # Saved before the evaluation: a failure there (a damaged test image) loses no training.
+            checkpoint(run, history, predictions, pending=row)
+        else:
+            row, pending = pending, None
+        predictions = evaluate_epoch(run, row)
+        history.append(row)
+        checkpoint(run, history, predictions)
+        write_metrics(run.out / "metrics.jsonl", history)
+        if run.progress:
+            tqdm.write(f"epoch {epoch}: loss {row['train_loss']:.3f}  accuracy {row['accuracy']:.1f}%  "
+                       f"QWK {row['qwk']:.3f}  {row['train_images_per_s']:.1f} img/s")
+        if on_epoch is not None:
+            on_epoch(row)
+    return finish_run(run, history, predictions)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, progress: bool = True,
+          on_epoch: Callable[[dict], None] | None = None, restart: bool = False, **overrides) -> dict:
+    """Train (or resume, or read back) the run in `out`. Returns {"run_dir", "config", "history",
+    "final", ...}; `history` has one dict per epoch, `final` is the last one. `restart`: begin the
+    run again, whatever the folder holds."""
+    config = dataclasses.replace(config or TrainConfig(), **overrides)
+    config.validate()
+    out = Path(out)
+    datasets = load_datasets(config)
+    plan = None
+    if config.memory_budget is not None:  # plan the batch, or refuse a given one that does not fit
+        plan = plan_for_config(config)
+        config = dataclasses.replace(config, batch_size=plan.batch_size)
+    if len(datasets[0]) < config.batch_size:
+        raise KitError(f"batch size {config.batch_size} is larger than the {len(datasets[0])} training images")
+    finished = None if restart else finished_result(out, config)
+    if finished is not None:
+        return finished
+    device = resolve_device(config.device)
+    _seed_everything(config.seed)
+    if device.type == "cuda":  # before the first CUDA allocation; lifts an earlier run's cap without a budget
+        limit_cuda_memory(device, plan.budget_bytes if plan else None)
+    model = build_model(config.method, config.backbone, config.num_classes, config.image_size,
+                        config.patch_size, weights=config.weights).to(device)
+    if use_channels_last(config, device):
+        model = model.to(memory_format=torch.channels_last)
+    # Only now, with every value, the data and the weights checked, is the folder written: a config
+    # that cannot run leaves nothing behind to block the corrected command.
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out / ".lock", f"training in {out}"):
+        claim_run_folder(out, config, restart)
+        finished = finished_result(out, config)  # by another process since the look above
+        if finished is not None:
+            return finished
+        if plan is not None:
+            write_json(out / "plan.json", dataclasses.asdict(plan))
+        return _train_epochs(setup_run(config, out, model, device, datasets, plan, progress), on_epoch)
+
+
+def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str = "test", device: str = "auto") -> dict:
+    """Evaluate the latest checkpoint of a run folder."""
+    run_dir = Path(run_dir)
+    validate_device(device)
+    dev = resolve_device(device)
+    state = load_checkpoint(run_dir, dev)
+    if state is None:
+        raise KitError(f"{run_dir} is not a run folder with a checkpoint (needs {CHECKPOINT})")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in state["config"].items() if k in fields})
+    config = dataclasses.replace(config, device=device, data=data or config.data)
+    dataset = UltraMNIST(Path(config.data), split)
+    _check_data(dataset, config)
+    model = build_model(config.method, config.backbone, config.num_classes, config.image_size,
+                        config.patch_size).to(dev)
+    model.load_state_dict(state["model"])
+    result = evaluate(model, config.method, dataset, config.batch_size or 16, dev,
+                      amp_dtype=autocast_dtype(config, dev), fill_chunk=config.fill_chunk)
+    epoch = state["pending"]["epoch"] if state.get("pending") else len(state["history"])
+    return {"run_dir": str(run_dir), "split": split, "epoch": epoch, **result}
