@@ -97,8 +97,9 @@ class TrainConfig:
         without patches are left out."""
         d = dataclasses.asdict(self)
         d.pop("workers")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name in set(d) - FIRST_VERSION_FIELDS:
-            if d[name] == TrainConfig.__dataclass_fields__[name].default:
+            if d[name] == defaults[name]:
                 d.pop(name)
         if not uses_patches(self.method):
             for name in PATCH_FIELDS:

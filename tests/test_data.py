@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from patchgd_kit import data, digits
-from patchgd_kit.data import (MNIST_MEAN, MNIST_STD, UltraMNIST, draw_scale_factors, ensure_dataset,
-                              generate_image, generate_split, load_digit_pools, normalize_uint8)
+from patchgd_kit.data import UltraMNIST, ensure_dataset, generate_split, normalize_uint8
+from patchgd_kit.digits import MNIST_MEAN, MNIST_STD, draw_scale_factors, generate_image, load_digit_pools
 from patchgd_kit.errors import KitError
 
 SIZE = 64
@@ -86,9 +86,9 @@ def test_generate_image_places_nearest_neighbour_digits_on_black(pools):
     # Digits of a single grey value make every pixel predictable: exactly the boxes are lit.
     flat_pool = (np.full((10, 28, 28), 100, np.uint8), np.arange(10))
     for i in range(200):
-        image, digits, boxes = generate_image(np.random.default_rng(i), flat_pool, i % 10, 128)
+        image, values, boxes = generate_image(np.random.default_rng(i), flat_pool, i % 10, 128)
         assert image.dtype == np.uint8 and image.shape == (128, 128)
-        assert sum(digits) == i % 10 and 3 <= len(digits) <= 5 and len(boxes) == len(digits)
+        assert sum(values) == i % 10 and 3 <= len(values) <= 5 and len(boxes) == len(values)
         lit = np.zeros_like(image, bool)
         for x0, y0, x1, y1 in boxes:
             assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128 and x1 - x0 == y1 - y0

@@ -5,7 +5,8 @@ from torch import nn
 
 from patchgd_kit import patchgd
 from patchgd_kit.errors import KitError
-from patchgd_kit.methods import build_model, count_parameters
+from patchgd_kit.methods import build_model
+from patchgd_kit.models import count_parameters
 from patchgd_kit.patches import gather_patches, grid_shape, inner_iterations, patches_per_iteration, sample_schedule
 
 

@@ -33,6 +33,20 @@ def test_every_claim_names_rows_of_its_table():
     assert set(FIGURE2["rows"]) <= {row.id for row in PAPER["table1"].rows}
 
 
+def test_a_field_added_to_train_config_orphans_no_stored_run(tmp_path):
+    @dataclasses.dataclass
+    class LaterConfig(TrainConfig):  # a later version of the kit, with one more field
+        new_knob: float = 0.5
+
+    config = TrainConfig(method="gd", backbone="mobilenet_v2", data="d", image_size=64, trunk_lr_scale=0.1)
+    later = LaterConfig(**dataclasses.asdict(config))
+    assert store.run_folder(later, tmp_path) == store.run_folder(config, tmp_path)
+    assert store.run_folder(dataclasses.replace(later, new_knob=0.7), tmp_path) != store.run_folder(config, tmp_path)
+    # the fields of the first version stay in every key, at their defaults too
+    assert {"lr", "epochs", "amp", "weights"} <= set(config.key()) and "trunk_lr_scale" in config.key()
+    assert "trunk_lr_scale" not in dataclasses.replace(config, trunk_lr_scale=1.0).key()
+
+
 def test_same_config_same_folder_and_different_config_different_folder(tmp_path):
     config = TrainConfig(method="patchgd", backbone="mobilenet_v2", data="d", image_size=64, patch_size=32)
     same = dataclasses.replace(config, workers=3)  # where data loads from is not part of the result

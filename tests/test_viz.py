@@ -4,8 +4,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from patchgd_kit import live, viz, widgets
-from patchgd_kit.data import UltraMNIST, generate_image, load_digit_pools, normalize_uint8
+from patchgd_kit import curves, live, viz, widgets
+from patchgd_kit.data import UltraMNIST, normalize_uint8
+from patchgd_kit.digits import generate_image, load_digit_pools
 from patchgd_kit.methods import build_model
 
 
@@ -69,9 +70,9 @@ def test_inner_iteration_pictures_for_short_and_long_schedules(image):
 
 
 def test_memory_plot_hides_budgets_far_beyond_the_bars():
-    small = viz.plot_memory({"GD, batch 8": 80 * 2**20, "PatchGD p=32, k=1, batch 8": 90 * 2**20})
+    small = curves.plot_memory({"GD, batch 8": 80 * 2**20, "PatchGD p=32, k=1, batch 8": 90 * 2**20})
     assert "MiB" in small.axes[0].get_xlabel() and not small.axes[0].lines
-    large = viz.plot_memory({"GD, batch 16": 6 * 2**30, "PatchGD p=64, k=16, batch 16": 2**30})
+    large = curves.plot_memory({"GD, batch 16": 6 * 2**30, "PatchGD p=64, k=16, batch 16": 2**30})
     assert len(large.axes[0].lines) == 1  # the 4 GB line; 16 GB is out of reach
 
 
@@ -79,11 +80,11 @@ def test_history_figures_and_comparison_table():
     row = {"epoch": 1, "train_loss": 2.3, "test_loss": 2.2, "accuracy": 12.5, "qwk": 0.1, "train_images_per_s": 5.0,
            "peak_rss_bytes": 2**30}
     run = {"history": [row], "final": row, "config": {"batch_size": 8}}
-    assert isinstance(viz.plot_history([row], epochs=3), Figure)
-    assert isinstance(viz.plot_histories({"GD": run, "PatchGD": run}), Figure)
-    table = viz.comparison_table({"GD": run})
+    assert isinstance(curves.plot_history([row], epochs=3), Figure)
+    assert isinstance(curves.plot_histories({"GD": run, "PatchGD": run}), Figure)
+    table = curves.comparison_table({"GD": run})
     assert table.loc["GD", "peak memory (measured)"] == "1024 MiB process RSS (CPU)"
-    plot = viz.TrainingPlot(epochs=3)  # outside IPython nothing is displayed, and nothing fails
+    plot = curves.TrainingPlot(epochs=3)  # outside IPython nothing is displayed, and nothing fails
     plot(row)
     plot.show([row, {**row, "epoch": 2}])
     assert len(plot.history) == 2
