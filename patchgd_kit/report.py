@@ -157,7 +157,7 @@ def _percent(value: float | None) -> str:
 
 def write_panda_table(results: list[RowResult], folder, data: PandaData, profile: Profile,
                       footer: str = "") -> pd.DataFrame:
-    """``table3`` or ``table4`` (.csv, .md) in ``folder`` through results.write_table, with the
+    """``table3`` or ``table4`` (.csv, .md) in ``folder`` through write_table, with the
     data's name in the title and in every row, the paper's settings of each row, and for Table 3
     the parameters and inference latency beside the paper's; ``footer`` ends the Markdown."""
     settings = [r.table.settings(r.row) for r in results]

@@ -24,7 +24,9 @@ import torch
 
 from .data import UltraMNIST
 from .errors import KitError
+from .config import resolve_device
 from .files import check_writable_folder
+from .latency import device_name
 from .orderings import RowResult
 from .paper import PAPER
 from .profiles import Profile, get_profile, profile_dir, runs_root
@@ -134,7 +136,7 @@ def reproduce(profile: str | None = None, seeds: int | None = None, out: str | P
                 raise KitError(f"{path.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}; the partial "
                                f"notebook is {executed}; rerun to resume (finished runs are kept)") from e
             timings.append((path.name, time.perf_counter() - began))
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    device = device_name(resolve_device("auto"))
     title = (f"Profile **{profile.name}**: {profile.description}. Seeds: {seeds}. Device: {device}. "
              f"Made by `python -m patchgd_kit reproduce` on {datetime.date.today()} in "
              f"{(time.perf_counter() - start) / 60:.1f} min (runs already in the store are read back, not timed): "
