@@ -5,12 +5,11 @@ enforce the budget on CUDA.
 Budgets are "4GB", "16 GiB", "16G", "512MB" or a number of bytes. GB means GiB (2^30 bytes): the
 paper's budgets are GPU sizes, and a GPU sold as "16 GB" has 16 GiB.
 
-Estimate: the kit's own step function runs on fake tensors (shapes and dtypes, no data) while a
-dispatch mode adds up the live tensor storages, each rounded up to the 512-byte blocks of CUDA's
-caching allocator: the quantity `torch.cuda.max_memory_allocated` reports. The step is
-`gd.train_batch`, or `patchgd.train_batch` with the fill of Z and one inner iteration of k patches
-per image (two when gradients accumulate, so that the second runs with the first one's gradients
-alive). Adam's moments exist before the step, as they do from the second step of training on.
+Estimate: the method's own training step (``methods.METHODS``) runs on fake tensors (shapes and
+dtypes, no data) while ``livebytes`` adds up the live tensor storages in CUDA's 512-byte blocks: the
+quantity `torch.cuda.max_memory_allocated` reports. For PatchGD the step is the fill of Z and one
+inner iteration of k patches per image (two when gradients accumulate, so that the second runs with
+the first one's gradients alive). Adam's moments exist before the step, as from the second step on.
 
 The fake tensors are CPU tensors: fake CUDA tensors run forward but fail in backward on a torch
 built without CUDA. Where CUDA differs in memory, the step does as CUDA does: Adam's foreach
@@ -22,8 +21,8 @@ Margin: a plan keeps the estimated peak under the budget less the CUDA context (
 outside the allocator and so outside its cap), less 10% of the rest for cuDNN workspaces and
 fragmentation (peak reserved runs above peak allocated).
 
-If the fake-tensor estimate fails (an operator without a fake kernel, a PyTorch that changed the
-private APIs used here), a rougher fallback runs the same step on meta tensors and adds up what
+If the fake-tensor estimate fails (an operator without a fake kernel, a PyTorch that moved the
+private APIs ``livebytes`` uses), a rougher fallback runs the same step on meta tensors and adds up what
 autograd saves for backward, plus parameters, gradients, Adam's moments and the inputs; it warns.
 """
 from __future__ import annotations
