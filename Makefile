@@ -6,7 +6,7 @@ PROFILE ?=
 SEEDS  ?= 1
 OUT    ?=
 
-.PHONY: install reproduce test benchmark clean-runs
+.PHONY: install reproduce test benchmark gpu-check clean-runs
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,13 @@ test: install
 
 benchmark: install
 	$(PY) benchmarks/bench_engine.py
+
+# The GPU check (under 8 minutes on one GPU): the memory planner against measured CUDA peaks, budgets
+# enforced, one fp16 epoch per method, images/s and Table 3's latency, written to
+# docs/gpu-checks/<date>-<device>.md and .json. Without CUDA: the same plan, tiny, on the CPU, written
+# to runs/gpu-check-dry/ (OUT=folder to choose; DRY=1 forces it on a GPU machine).
+gpu-check: install
+	$(PY) -m patchgd_kit gpu-check $(if $(OUT),--out $(OUT)) $(if $(DRY),--dry)
 
 clean-runs:
 	rm -rf runs

@@ -1,4 +1,4 @@
-"""Command line: `python -m patchgd_kit generate | train | evaluate | benchmark ...`.
+"""Command line: `python -m patchgd_kit generate | train | evaluate | plan | reproduce | gpu-check ...`.
 
 Bad input, damaged files and paths that cannot be written print one line naming the value or the
 path and what to do, and exit with code 2; `--debug` (or KIT_DEBUG=1) adds the traceback.
@@ -46,6 +46,12 @@ ABOUT = {
         'Run notebooks/NN_*.ipynb in order with papermill into OUT/<profile>/ (executed notebooks, '
         'figure2.png/.svg, table*.csv/.md, REPORT.md). Rerun after an interruption to resume: finished runs '
         'are read back from the results store, a half-finished one resumes from its last epoch.'),
+    "gpu-check": (
+        'check the memory planner, budgets, fp16 and speed on a CUDA device',
+        "On CUDA: the planner's estimate against measured peaks, the planned batch under an enforced 4 GB and "
+        '16 GB budget, a batch over it (the out-of-memory message), one fp16 epoch per method, training '
+        "images/s and Table 3's inference latency; writes <date>-<device>.md and .json. Without CUDA (or "
+        '--dry): the same plan at a tiny scale on the CPU, to prove the script. Exit code 1 when a row failed.'),
 }
 
 
@@ -222,10 +228,27 @@ def run_reproduce(args) -> None:
     reproduce(args.profile, args.seeds, args.out, only=args.only.split(",") if args.only else None)
 
 
+def add_gpu_check(p) -> None:
+    p.add_argument("--out", default=None,
+                   help="folder for the report (default: docs/gpu-checks on CUDA, runs/gpu-check-dry when dry)")
+    p.add_argument("--dry", action="store_true", help="the tiny CPU plan even when CUDA is there")
+    p.add_argument("--minutes", type=float, default=7.0, help="start no new row after this many minutes (default 7)")
+
+
+def run_gpu_check(args) -> int:
+    from .gpucheck import run_check
+    from .gpureport import format_summary
+    if not args.minutes >= 0:
+        raise KitError(f"--minutes {args.minutes} is not allowed; allowed: a number of minutes >= 0")
+    report = run_check(args.out, dry=args.dry, minutes=args.minutes)
+    print(format_summary(report))
+    return 1 if report["summary"]["failed"] else 0
+
+
 COMMANDS = {"generate": (add_generate, run_generate), "pretrain": (add_pretrain, run_pretrain),
             "train": (add_train, run_train),
             "evaluate": (add_evaluate, run_evaluate), "plan": (add_plan, run_plan),
-            "reproduce": (add_reproduce, run_reproduce)}
+            "reproduce": (add_reproduce, run_reproduce), "gpu-check": (add_gpu_check, run_gpu_check)}
 
 
 def _add_debug(parser: argparse.ArgumentParser, default) -> None:
@@ -277,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("KIT_DEBUG", "0") not in ("", "0")
     try:
-        COMMANDS[args.command][1](args)
+        # A command's run returns None, or an exit status of its own (gpu-check: 1 when a row failed).
+        status = COMMANDS[args.command][1](args)
     except (KitError, OSError) as exc:
         if debug:
             traceback.print_exc()
@@ -287,4 +311,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
-    return 0
+    return status or 0

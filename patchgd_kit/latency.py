@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from .config import TrainConfig, autocast_dtype, resolve_device, use_channels_last
+from .config import TrainConfig, autocast_dtype, resolve_device
 from .files import write_json
 from .methods import StepSettings, build_model, method_of, uses_patches
 from .models import count_parameters
@@ -21,6 +21,7 @@ from .panda import PANDA_CLASSES
 from .paper import PAPER
 from .profiles import Profile, get_profile, profile_dir
 from .store import run_folder
+from .training import model_on
 
 
 LATENCY_WARMUP = 2    # untimed passes first (cuDNN autotuning, allocator, caches)
@@ -56,10 +57,7 @@ def measure_latency(config: TrainConfig, warmup: int = LATENCY_WARMUP,
     run's batch size on the device, no gradient, ``warmup`` untimed passes, then ``repeats`` timed
     ones, each ended by a device synchronisation. PatchGD infers g(fill(X)), every patch once."""
     device = resolve_device(config.device)
-    model = build_model(config.method, config.backbone, config.num_classes, config.image_size,
-                        config.patch_size).to(device).eval()
-    if use_channels_last(config, device):  # as train() runs it
-        model = model.to(memory_format=torch.channels_last)
+    model = model_on(config, device).eval()  # as train() runs it
     amp_dtype = autocast_dtype(config, device)
     images = torch.rand(config.batch_size, 3, config.image_size, config.image_size, device=device)
 

@@ -129,12 +129,27 @@ def setup_run(config: TrainConfig, out: Path, model: torch.nn.Module, device: to
     optimizer = make_optimizer(model, config)
     batches = len(datasets[0]) // config.batch_size
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, batches))
+    return Run(config, out, model, device, *datasets, plan, progress, optimizer, scheduler,
+               step_settings(config, device), batches)
+
+
+def step_settings(config: TrainConfig, device: torch.device) -> StepSettings:
+    """What the method's step needs besides model and batch: k and ζ of the schedule, ε, the
+    precision, a GradScaler for fp16 on CUDA, and the patch sampler seeded by the run's seed."""
     amp_dtype = autocast_dtype(config, device)
     k, zeta = config.schedule()
-    step = StepSettings(k=k, inner_iterations=zeta, grad_accum=config.grad_accum, fill_chunk=config.fill_chunk,
+    return StepSettings(k=k, inner_iterations=zeta, grad_accum=config.grad_accum, fill_chunk=config.fill_chunk,
                         amp_dtype=amp_dtype, generator=torch.Generator().manual_seed(config.seed),
                         scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)
-    return Run(config, out, model, device, *datasets, plan, progress, optimizer, scheduler, step, batches)
+
+
+def model_on(config: TrainConfig, device: torch.device, weights: str | None = None) -> torch.nn.Module:
+    """The run's model on the device, in the memory format train() runs it in."""
+    model = build_model(config.method, config.backbone, config.num_classes, config.image_size,
+                        config.patch_size, weights=weights).to(device)
+    if use_channels_last(config, device):
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def checkpoint(run: Run, history: list[dict], predictions: list[int] | None, pending: dict | None = None) -> None:
@@ -274,10 +289,7 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
     _seed_everything(config.seed)
     if device.type == "cuda":  # before the first CUDA allocation; lifts an earlier run's cap without a budget
         limit_cuda_memory(device, plan.budget_bytes if plan else None)
-    model = build_model(config.method, config.backbone, config.num_classes, config.image_size,
-                        config.patch_size, weights=config.weights).to(device)
-    if use_channels_last(config, device):
-        model = model.to(memory_format=torch.channels_last)
+    model = model_on(config, device, config.weights)
     # Only now, with every value, the data and the weights checked, is the folder written: a config
     # that cannot run leaves nothing behind to block the corrected command.
     out.mkdir(parents=True, exist_ok=True)

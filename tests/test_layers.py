@@ -18,7 +18,7 @@ FLOOR_OF = {
     "pretrain": "runs", "paperplans": "runs", "scaling": "runs",
     "orderings": "report", "latency": "report", "report": "report", "figure": "report",
     "viz": "face", "curves": "face", "live": "face", "widgets": "face", "notebook": "face", "reproduce": "face",
-    "cli": "face", "__main__": "face", "__init__": "face",
+    "gpuplan": "runs", "gpureport": "report", "gpucheck": "face", "cli": "face", "__main__": "face", "__init__": "face",
 }
 
 
