@@ -54,6 +54,8 @@ class TrainConfig:
     fill_chunk: int = _field(256, "patches per backbone call while filling Z")
     channels_last: str = _field("auto", "auto | on | off (auto: measured choice per backbone)")
     workers: int = _field(0, "DataLoader worker processes")
+    sync_bn: bool = _field(False, "under torchrun on CUDA: SyncBatchNorm, batch statistics over every process's "
+                                  "images (for small per-GPU batches, such as under a 4 GB budget)")
 
     def validate(self) -> None:
         if self.method not in METHODS:

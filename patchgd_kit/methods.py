@@ -30,6 +30,11 @@ class StepSettings:
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
     generator: torch.Generator | None = None  # PatchGD: the patch sampler's random stream
+    # More than one process (training's `distributed`): through(f) runs f(model) as the DDP wrapper's
+    # forward, defer_sync() holds its gradient all-reduce back, share = (rank, processes).
+    through: Callable | None = None
+    defer_sync: Callable | None = None
+    share: tuple[int, int] = (0, 1)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,9 @@ class Method:
 
 
 def _gd_step(model, images, labels, optimizer, s: StepSettings):
+    if s.through is not None:  # the forward through the DDP wrapper, which reduces the gradients in backward
+        through = s.through
+        model = lambda x: through(lambda net: net(x))  # noqa: E731
     return gd.train_batch(model, images, labels, optimizer, amp_dtype=s.amp_dtype, scaler=s.scaler)
 
 
@@ -54,7 +62,8 @@ def _gd_predict(model, images, s: StepSettings):
 def _patchgd_step(model, images, labels, optimizer, s: StepSettings):
     return patchgd.train_batch(model, images, labels, optimizer, k=s.k, inner_iterations=s.inner_iterations,
                                grad_accum=s.grad_accum, generator=s.generator, fill_chunk=s.fill_chunk,
-                               amp_dtype=s.amp_dtype, scaler=s.scaler)
+                               amp_dtype=s.amp_dtype, scaler=s.scaler, through=s.through,
+                               defer_sync=s.defer_sync, share=s.share)
 
 
 def _patchgd_predict(model, images, s: StepSettings):

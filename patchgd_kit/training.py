@@ -8,6 +8,7 @@ is finished, returns its saved result.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -22,6 +23,7 @@ import torch
 from sklearn.metrics import cohen_kappa_score
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import TrainConfig, autocast_dtype, resolve_device, use_channels_last, validate_device
 from .data import UltraMNIST
 from .errors import KitError
@@ -29,8 +31,9 @@ from .files import locked, write_json
 from .memory import Plan, limit_cuda_memory, out_of_memory_error, plan_for_config
 from .methods import StepSettings, build_model, method_of
 from .models import trunk_of
-from .runfolder import (CHECKPOINT, claim_run_folder, finished_result, load_checkpoint, rng_state, save_checkpoint,
-                        save_finished, set_rng_state, write_metrics)
+from .distributed import Processes
+from .runfolder import (CHECKPOINT, claim_run_folder, finished_result, load_checkpoint, note, rng_state,
+                        save_checkpoint, save_finished, set_rng_state, write_metrics)
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -120,17 +123,25 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     step: StepSettings           # the method's step settings: k, ζ, ε, precision, scaler, sampler
-    batches_per_epoch: int       # the last, incomplete batch is dropped
+    batches_per_epoch: int       # the last, incomplete (global) batch is dropped
+    processes: Processes = Processes()  # torchrun's processes; this one's rank
 
 
 def setup_run(config: TrainConfig, out: Path, model: torch.nn.Module, device: torch.device,
-              datasets: tuple[UltraMNIST, UltraMNIST], plan: Plan | None, progress: bool) -> Run:
-    """The optimizer, lr schedule, loss scaler and patch sampler of a fresh run."""
+              datasets: tuple[UltraMNIST, UltraMNIST], plan: Plan | None, progress: bool,
+              processes: Processes = Processes()) -> Run:
+    """The optimizer, lr schedule, loss scaler and patch sampler of a fresh run; with more than one
+    process, the model's DDP wrapper in its step settings."""
     optimizer = make_optimizer(model, config)
-    batches = len(datasets[0]) // config.batch_size
+    batches = len(datasets[0]) // (config.batch_size * processes.world)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, batches))
-    return Run(config, out, model, device, *datasets, plan, progress, optimizer, scheduler,
-               step_settings(config, device), batches)
+    step = step_settings(config, device)
+    if processes.distributed:
+        wrapper = distributed.wrap(model, device)
+        step = dataclasses.replace(step, through=wrapper, defer_sync=wrapper.no_sync,
+                                   share=(processes.rank, processes.world))
+    return Run(config, out, model, device, *datasets, plan, progress and processes.main, optimizer, scheduler,
+               step, batches, processes)
 
 
 def step_settings(config: TrainConfig, device: torch.device) -> StepSettings:
@@ -153,13 +164,15 @@ def model_on(config: TrainConfig, device: torch.device, weights: str | None = No
 
 
 def checkpoint(run: Run, history: list[dict], predictions: list[int] | None, pending: dict | None = None) -> None:
-    """Save the run (`pending`: an epoch trained but not yet evaluated)."""
+    """Save the run (`pending`: an epoch trained but not yet evaluated); rank 0 alone writes."""
+    if not run.processes.main:
+        return
     scaler = run.step.scaler
     save_checkpoint(run.out, {
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
         "rng": rng_state(run.step.generator), "history": history, "predictions": predictions, "pending": pending,
-        "config": run.config.key()})
+        "config": run.config.key(), "processes": run.processes.world})
 
 
 def resume(run: Run) -> tuple[list[dict], list[int] | None, dict | None]:
@@ -171,6 +184,11 @@ def resume(run: Run) -> tuple[list[dict], list[int] | None, dict | None]:
     if state["config"] != run.config.key():
         raise KitError(f"the checkpoint in {run.out} was written by a run with another config; use "
                        "another --out, or rerun with --restart to begin the run again")
+    processes = state.get("processes", 1)
+    if "optimizer" in state and processes != run.processes.world:
+        raise KitError(f"the checkpoint in {run.out} was written by {processes} process(es), this run has "
+                       f"{run.processes.world}: resume with torchrun --nproc_per_node {processes} (the global "
+                       "batch and data order depend on it), or rerun with --restart")
     run.model.load_state_dict(state["model"])
     if "optimizer" in state:  # a finished run's checkpoint keeps the model and the history only
         run.optimizer.load_state_dict(state["optimizer"])
@@ -178,7 +196,8 @@ def resume(run: Run) -> tuple[list[dict], list[int] | None, dict | None]:
         if run.step.scaler is not None:
             run.step.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"], run.step.generator)
-    write_metrics(run.out / "metrics.jsonl", state["history"])  # drop any line written after it
+    if run.processes.main:
+        write_metrics(run.out / "metrics.jsonl", state["history"])  # drop any line written after it
     return state["history"], state.get("predictions"), state.get("pending")
 
 
@@ -200,8 +219,9 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     order = torch.randperm(len(run.train_set), generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
-    indices = order[: run.batches_per_epoch * config.batch_size].tolist()
-    bar = tqdm(_batches(run.train_set, indices, config.batch_size, config.workers), total=run.batches_per_epoch,
+    indices = order[: run.batches_per_epoch * config.batch_size * run.processes.world].tolist()
+    mine = distributed.share_of(indices, config.batch_size, run.processes)
+    bar = tqdm(_batches(run.train_set, mine, config.batch_size, config.workers), total=run.batches_per_epoch,
                desc=f"{config.method} {config.backbone} epoch {epoch}/{config.epochs}",
                disable=not run.progress, leave=False)
     start, losses, steps = time.perf_counter(), [], 0
@@ -217,14 +237,16 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    return {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": run.scheduler.get_last_lr()[0],
-            "optimizer_steps": steps, "train_seconds": seconds, "train_images_per_s": len(indices) / seconds,
-            **_peak_memory(device)}
+    row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": run.scheduler.get_last_lr()[0],
+           "optimizer_steps": steps, "train_seconds": seconds, "train_images_per_s": len(indices) / seconds,
+           **_peak_memory(device)}
+    return distributed.gather_row(row, run.processes, len(indices))
 
 
 def evaluate_epoch(run: Run, row: dict) -> list[int]:
     """Score the test set into `row`; returns the predicted classes."""
     start, config = time.perf_counter(), run.config
+    distributed.sync_buffers(run.model, run.processes)  # every process evaluates rank 0's model
     row.update(evaluate(run.model, config.method, run.test_set, config.batch_size, run.device,
                         amp_dtype=run.step.amp_dtype, fill_chunk=config.fill_chunk, workers=config.workers))
     predictions = row.pop("predictions")  # kept for the last epoch only: the paired bootstrap's input
@@ -235,7 +257,8 @@ def evaluate_epoch(run: Run, row: dict) -> list[int]:
 def finish_run(run: Run, history: list[dict], predictions: list[int] | None) -> dict:
     result = {"run_dir": str(run.out), "config": run.config.key(), "history": history, "final": history[-1],
               "test_predictions": predictions, "test_labels": run.test_set.labels}
-    save_finished(run.out, result, run.model.state_dict())
+    if run.processes.main:
+        save_finished(run.out, result, run.model.state_dict())
     return result
 
 
@@ -252,7 +275,8 @@ def _train_epochs(run: Run, on_epoch: Callable[[dict], None] | None) -> dict:
         predictions = evaluate_epoch(run, row)
         history.append(row)
         checkpoint(run, history, predictions)
-        write_metrics(run.out / "metrics.jsonl", history)
+        if run.processes.main:
+            write_metrics(run.out / "metrics.jsonl", history)
         if run.progress:
             tqdm.write(f"epoch {epoch}: loss {row['train_loss']:.3f}  accuracy {row['accuracy']:.1f}%  "
                        f"QWK {row['qwk']:.3f}  {row['train_images_per_s']:.1f} img/s")
@@ -267,40 +291,67 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
+def _check_batch(config: TrainConfig, images: int, processes: Processes) -> None:
+    if processes.distributed and images < config.batch_size * processes.world:
+        raise KitError(f"the global batch, {config.batch_size} per process × {processes.world} processes, is larger "
+                       f"than the {images} training images; the batch size is per process: pass a smaller one")
+    if images < config.batch_size:
+        raise KitError(f"batch size {config.batch_size} is larger than the {images} training images")
+
+
+def _model(config: TrainConfig, device: torch.device, processes: Processes) -> torch.nn.Module:
+    """The run's model; with --sync-bn under torchrun, its BatchNorm layers as SyncBatchNorm."""
+    model = model_on(config, device, config.weights)
+    if not (config.sync_bn and processes.distributed):
+        return model
+    if device.type != "cuda":
+        raise KitError("--sync-bn needs CUDA (SyncBatchNorm runs on GPUs only); leave it out on the CPU")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, progress: bool = True,
           on_epoch: Callable[[dict], None] | None = None, restart: bool = False, **overrides) -> dict:
     """Train (or resume, or read back) the run in `out`. Returns {"run_dir", "config", "history",
     "final", ...}; `history` has one dict per epoch, `final` is the last one. `restart`: begin the
-    run again, whatever the folder holds."""
+    run again, whatever the folder holds. Under torchrun every process calls it (`distributed`),
+    the batch size being each process's."""
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     config.validate()
-    out = Path(out)
+    out, processes = Path(out), distributed.from_env()
     datasets = load_datasets(config)
     plan = None
     if config.memory_budget is not None:  # plan the batch, or refuse a given one that does not fit
         plan = plan_for_config(config)
         config = dataclasses.replace(config, batch_size=plan.batch_size)
-    if len(datasets[0]) < config.batch_size:
-        raise KitError(f"batch size {config.batch_size} is larger than the {len(datasets[0])} training images")
+    _check_batch(config, len(datasets[0]), processes)
     finished = None if restart else finished_result(out, config)
     if finished is not None:
         return finished
-    device = resolve_device(config.device)
+    device = distributed.device_for(resolve_device(config.device), processes)
     _seed_everything(config.seed)
     if device.type == "cuda":  # before the first CUDA allocation; lifts an earlier run's cap without a budget
-        limit_cuda_memory(device, plan.budget_bytes if plan else None)
-    model = model_on(config, device, config.weights)
-    # Only now, with every value, the data and the weights checked, is the folder written: a config
-    # that cannot run leaves nothing behind to block the corrected command.
-    out.mkdir(parents=True, exist_ok=True)
-    with locked(out / ".lock", f"training in {out}"):
+        limit_cuda_memory(device, plan.budget_bytes if plan else None)  # per process: each has its GPU
+    model = _model(config, device, processes)
+    if processes.distributed and processes.main and progress:
+        note(f"{processes.world} processes × batch {config.batch_size} = global batch "
+             f"{processes.world * config.batch_size}")
+
+    def claim(lock: contextlib.ExitStack) -> dict | None:
+        # Only now, with every value, the data and the weights checked, is the folder written: a config
+        # that cannot run leaves nothing behind to block the corrected command.
+        out.mkdir(parents=True, exist_ok=True)
+        lock.enter_context(locked(out / ".lock", f"training in {out}"))
         claim_run_folder(out, config, restart)
-        finished = finished_result(out, config)  # by another process since the look above
+        done = finished_result(out, config)  # by another process since the look above
+        if done is None and plan is not None:
+            write_json(out / "plan.json", dataclasses.asdict(plan))
+        return done
+
+    with distributed.session(processes, device), contextlib.ExitStack() as lock:
+        finished = distributed.on_main(processes, lambda: claim(lock))  # rank 0 holds the folder's lock
         if finished is not None:
             return finished
-        if plan is not None:
-            write_json(out / "plan.json", dataclasses.asdict(plan))
-        return _train_epochs(setup_run(config, out, model, device, datasets, plan, progress), on_epoch)
+        return _train_epochs(setup_run(config, out, model, device, datasets, plan, progress, processes), on_epoch)
 
 
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str = "test", device: str = "auto") -> dict:

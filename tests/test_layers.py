@@ -15,7 +15,7 @@ FLOOR_OF = {
     "patches": "core", "models": "core", "patchgd": "core", "gd": "core", "methods": "core",
     "livebytes": "core", "memory": "core",
     "config": "runs", "runfolder": "runs", "training": "runs", "store": "runs", "profiles": "runs",
-    "pretrain": "runs", "paperplans": "runs", "scaling": "runs",
+    "pretrain": "runs", "paperplans": "runs", "scaling": "runs", "distributed": "runs",
     "orderings": "report", "latency": "report", "report": "report", "figure": "report",
     "viz": "face", "curves": "face", "live": "face", "widgets": "face", "notebook": "face", "reproduce": "face",
     "gpuplan": "runs", "gpureport": "report", "gpucheck": "face", "cli": "face", "__main__": "face", "__init__": "face",
