@@ -32,7 +32,8 @@ ABOUT = {
         'train GD, GD-extended or PatchGD; rerun the same command to resume',
         'Train one run into --out. The folder keeps config, metrics.jsonl and a checkpoint per epoch: '
         'rerunning resumes, a finished run is not redone, and a different config in the same folder is '
-        'refused.'),
+        'refused. Under `torchrun --nproc_per_node N -m patchgd_kit train ...` it trains with '
+        'DistributedDataParallel, the batch size being per process.'),
     "evaluate": (
         "evaluate a run's latest checkpoint on a test split",
         "Accuracy, QWK and loss of a run's checkpoint; PatchGD infers head(fill_z(X))."),
@@ -140,7 +141,8 @@ def given_options(args, names) -> dict:
 
 TRAIN_FIELDS_HELP = {"data": "dataset folder with train/ and test/ (from `generate`); required",
                      "num_classes": "classes of the data (default: from its card.json: UltraMNIST 10, PANDA 6)",
-                     "batch_size": "images per batch (default 16, or planned from --memory-budget)"}
+                     "batch_size": "images per batch, per process under torchrun (default 16, or planned "
+                                   "from --memory-budget)"}
 
 
 def add_train(p) -> None:

@@ -332,7 +332,7 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
     if device.type == "cuda":  # before the first CUDA allocation; lifts an earlier run's cap without a budget
         limit_cuda_memory(device, plan.budget_bytes if plan else None)  # per process: each has its GPU
     model = _model(config, device, processes)
-    if processes.distributed and processes.main and progress:
+    if processes.distributed and processes.main:
         note(f"{processes.world} processes × batch {config.batch_size} = global batch "
              f"{processes.world * config.batch_size}")
 

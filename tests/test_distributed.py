@@ -9,7 +9,11 @@ GPUs only.) The runs whose ranks are compared with each other train as they are.
 import hashlib
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +36,7 @@ RUNS = {  # name: (config, BatchNorm on running statistics and no dropout)
     "patchgd-per-image": (dict(method="patchgd", grad_accum=2), True),  # ζ = 4, ε = 2: 2 steps a batch
 }
 RESUME = dict(method="gd", epochs=2)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def per_image(model: nn.Module) -> nn.Module:
@@ -181,3 +186,39 @@ def test_a_global_batch_larger_than_the_data_is_refused(tiny_data, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(KitError, match="global batch, 8 per process × 4 processes"):
         training.train(TrainConfig(data=str(tiny_data), batch_size=8, **TINY), "never-written", progress=False)
+
+
+def _torchrun(data, out, epochs: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "patchgd_kit",
+               "train", "--data", str(data), "--out", str(out), "--method", "patchgd", "--backbone", "mobilenet_v2",
+               "--image-size", "64", "--patch-size", "32", "--batch-size", "2", "--epochs", str(epochs),
+               "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _epochs_written(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_torchrun_one_rank_killed_mid_epoch_then_rerun_resumes(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    first = _torchrun(tiny_data, out, epochs=4)
+    deadline = time.monotonic() + 120
+    while not _epochs_written(out) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ranks = subprocess.run(["pgrep", "-P", str(first.pid)], capture_output=True, text=True).stdout.split()
+    assert len(ranks) == 2, first.communicate()
+    os.kill(int(ranks[-1]), signal.SIGKILL)  # one rank, in epoch 2; torchrun stops the other
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode != 0 and "global batch 4" in stderr
+    before = _epochs_written(out)
+    assert len(before) < 4 and not (out / "summary.json").exists()
+    again = _torchrun(tiny_data, out, epochs=4)
+    stdout, stderr = again.communicate(timeout=180)
+    assert again.returncode == 0, stderr[-2000:]
+    after = _epochs_written(out)
+    assert [row["epoch"] for row in after] == [1, 2, 3, 4]
+    assert after[:len(before)] == before  # the epochs before the kill were read back, not trained again
+    assert all(row["processes"] == 2 and row["optimizer_steps"] == 7 * 4 for row in after)
