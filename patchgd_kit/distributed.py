@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -129,6 +130,22 @@ def gather_row(row: dict, processes: Processes, images: int) -> dict:
     out["train_images_per_s"] = images / out["train_seconds"]
     out["processes"] = processes.world
     return out
+
+
+def gather_predictions(loss_sum: float, predictions: np.ndarray, labels: np.ndarray,
+                       processes: Processes) -> tuple[float, np.ndarray, np.ndarray]:
+    """Every process's share of an evaluation (each predicted every world-th image): the summed
+    loss, and the predictions and labels back in the dataset's order."""
+    if not processes.distributed:
+        return loss_sum, predictions, labels
+    shares = [None] * processes.world
+    dist.all_gather_object(shares, (loss_sum, predictions, labels))
+    total = sum(len(share[1]) for share in shares)
+    merged_predictions, merged_labels = np.empty(total, predictions.dtype), np.empty(total, labels.dtype)
+    for rank, (_, share_predictions, share_labels) in enumerate(shares):
+        merged_predictions[rank::processes.world] = share_predictions
+        merged_labels[rank::processes.world] = share_labels
+    return sum(share[0] for share in shares), merged_predictions, merged_labels
 
 
 def on_main(processes: Processes, function: Callable[[], object]):

@@ -83,22 +83,26 @@ def _batches(dataset, indices: list[int], batch_size: int, workers: int):
 
 
 def evaluate(model: torch.nn.Module, method: str, dataset, batch_size: int, device: torch.device, *,
-             amp_dtype: torch.dtype | None = None, fill_chunk: int = 256, workers: int = 0) -> dict:
+             amp_dtype: torch.dtype | None = None, fill_chunk: int = 256, workers: int = 0,
+             processes: Processes = Processes()) -> dict:
     """Loss, accuracy (%), quadratic-weighted kappa and the predicted class of every image (in the
-    dataset's order, for paired comparisons of runs) on a dataset; PatchGD infers g_θ2(fill(X))."""
+    dataset's order, for paired comparisons of runs) on a dataset; PatchGD infers g_θ2(fill(X)).
+    Under torchrun each process predicts every world-th image, and the predictions are gathered."""
     model.eval()
     predict, settings = method_of(method).predict, StepSettings(fill_chunk=fill_chunk, amp_dtype=amp_dtype)
     losses, preds, labels = [], [], []
-    for images, y in _batches(dataset, list(range(len(dataset))), batch_size, workers):
+    for images, y in _batches(dataset, list(range(len(dataset)))[processes.rank::processes.world], batch_size,
+                              workers):
         images, y = images.to(device), y.to(device)
         logits = predict(model, images, settings)
         losses.append(torch.nn.functional.cross_entropy(logits, y, reduction="sum").item())
         preds.append(logits.argmax(1).cpu())
         labels.append(y.cpu())
-    preds, labels = torch.cat(preds).numpy(), torch.cat(labels).numpy()
+    loss, preds, labels = sum(losses), torch.cat(preds).numpy(), torch.cat(labels).numpy()
+    loss, preds, labels = distributed.gather_predictions(loss, preds, labels, processes)
     agree = len(set(preds) | set(labels)) > 1  # kappa is undefined when one class is all there is
     qwk = float(cohen_kappa_score(labels, preds, weights="quadratic")) if agree else float("nan")
-    return {"test_loss": sum(losses) / len(labels), "accuracy": float((preds == labels).mean() * 100),
+    return {"test_loss": loss / len(labels), "accuracy": float((preds == labels).mean() * 100),
             "qwk": qwk, "predictions": preds.tolist()}
 
 
@@ -248,7 +252,8 @@ def evaluate_epoch(run: Run, row: dict) -> list[int]:
     start, config = time.perf_counter(), run.config
     distributed.sync_buffers(run.model, run.processes)  # every process evaluates rank 0's model
     row.update(evaluate(run.model, config.method, run.test_set, config.batch_size, run.device,
-                        amp_dtype=run.step.amp_dtype, fill_chunk=config.fill_chunk, workers=config.workers))
+                        amp_dtype=run.step.amp_dtype, fill_chunk=config.fill_chunk, workers=config.workers,
+                        processes=run.processes))
     predictions = row.pop("predictions")  # kept for the last epoch only: the paired bootstrap's input
     row["eval_seconds"] = time.perf_counter() - start
     return predictions

@@ -153,6 +153,11 @@ def test_two_processes_of_batch_2_train_as_one_process_of_batch_4(two_processes,
     assert relative < (1e-5 if name.startswith("patchgd") else 5e-3)
     assert one["final"]["optimizer_steps"] == two[-1]["optimizer_steps"]
     assert one["final"]["train_loss"] == pytest.approx(two[-1]["train_loss"], rel=1e-5)
+    # the evaluation, shared by the processes (every other image each) and gathered back in order
+    predictions = json.loads((tmp / name / "summary.json").read_text())["test_predictions"]
+    same = sum(a == b for a, b in zip(predictions, one["test_predictions"]))
+    assert len(predictions) == 20 and same >= (20 if name.startswith("patchgd") else 19)
+    assert two[-1]["test_loss"] == pytest.approx(one["final"]["test_loss"], rel=1e-3)
 
 
 def test_patchgd_all_reduces_once_per_optimizer_step(two_processes):
