@@ -98,7 +98,9 @@ def evaluate(model: torch.nn.Module, method: str, dataset, batch_size: int, devi
         losses.append(torch.nn.functional.cross_entropy(logits, y, reduction="sum").item())
         preds.append(logits.argmax(1).cpu())
         labels.append(y.cpu())
-    loss, preds, labels = sum(losses), torch.cat(preds).numpy(), torch.cat(labels).numpy()
+    empty = np.zeros(0, np.int64)  # a process with no image: more processes than test images
+    loss, preds, labels = (sum(losses), torch.cat(preds).numpy() if preds else empty,
+                           torch.cat(labels).numpy() if labels else empty)
     loss, preds, labels = distributed.gather_predictions(loss, preds, labels, processes)
     agree = len(set(preds) | set(labels)) > 1  # kappa is undefined when one class is all there is
     qwk = float(cohen_kappa_score(labels, preds, weights="quadratic")) if agree else float("nan")

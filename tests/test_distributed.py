@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -227,3 +228,26 @@ def test_torchrun_one_rank_killed_mid_epoch_then_rerun_resumes(tiny_data, tmp_pa
     assert [row["epoch"] for row in after] == [1, 2, 3, 4]
     assert after[:len(before)] == before  # the epochs before the kill were read back, not trained again
     assert all(row["processes"] == 2 and row["optimizer_steps"] == 7 * 4 for row in after)
+
+
+def test_sync_bn_on_the_cpu_is_refused():
+    config = TrainConfig(data="unused", batch_size=2, sync_bn=True, **TINY)
+    with pytest.raises(KitError, match="--sync-bn needs CUDA"):
+        training._model(config, torch.device("cpu"), Processes(0, 2))
+
+
+def test_a_process_without_test_images_still_joins_the_gathering(tiny_data, monkeypatch):
+    from patchgd_kit.data import UltraMNIST
+    from patchgd_kit.methods import build_model
+    test_set = torch.utils.data.Subset(UltraMNIST(str(tiny_data), "test"), [0])
+    model = build_model("gd", "mobilenet_v2", 10, 64)
+    shares = []
+    rank_0 = (2.5, np.array([3]), np.array([3]))  # what the other process predicted, gathered
+
+    def gather(loss, predictions, labels, processes):
+        shares.append((loss, predictions, labels))
+        return rank_0
+
+    monkeypatch.setattr(distributed, "gather_predictions", gather)
+    result = training.evaluate(model, "gd", test_set, 2, torch.device("cpu"), processes=Processes(1, 2))
+    assert shares[0][0] == 0 and len(shares[0][1]) == 0 and result["accuracy"] == 100
