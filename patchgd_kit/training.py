@@ -26,12 +26,12 @@ from tqdm.auto import tqdm
 from . import distributed
 from .config import TrainConfig, autocast_dtype, resolve_device, use_channels_last, validate_device
 from .data import UltraMNIST
+from .distributed import Processes
 from .errors import KitError
 from .files import locked, write_json
 from .memory import Plan, limit_cuda_memory, out_of_memory_error, plan_for_config
 from .methods import StepSettings, build_model, method_of
 from .models import trunk_of
-from .distributed import Processes
 from .runfolder import (CHECKPOINT, claim_run_folder, finished_result, load_checkpoint, note, rng_state,
                         save_checkpoint, save_finished, set_rng_state, write_metrics)
 
