@@ -181,7 +181,7 @@ def run_evaluate(args) -> None:
 
 
 PLAN_FIELDS = ("method", "backbone", "image_size", "patch_size", "sampling", "batch_size", "grad_accum",
-               "num_classes", "fill_chunk", "amp")
+               "num_classes", "fill_chunk", "amp", "downscaled_side")
 
 
 def add_plan(p) -> None:
@@ -211,7 +211,8 @@ def run_plan(args) -> None:
         d["sampling"] = TrainConfig().sampling
     plan = memory.plan(d["method"], d["backbone"], d["image_size"], args.budget, patch_size=d["patch_size"],
                        sampling=d["sampling"], batch_size=d["batch_size"], amp=d["amp"],
-                       num_classes=d["num_classes"], grad_accum=d["grad_accum"], fill_chunk=d["fill_chunk"])
+                       num_classes=d["num_classes"], grad_accum=d["grad_accum"], fill_chunk=d["fill_chunk"],
+                       input_side=d["downscaled_side"])
     print(json.dumps(dataclasses.asdict(plan), indent=2) if args.json else plan.summary())
 
 

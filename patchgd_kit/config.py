@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import KitError, check_int, check_number
-from .methods import METHODS, uses_patches
+from .methods import METHODS, method_of, uses_patches
 from .models import BACKBONES
 from .patches import schedule_for
 
@@ -56,6 +56,8 @@ class TrainConfig:
     workers: int = _field(0, "DataLoader worker processes")
     sync_bn: bool = _field(False, "under torchrun on CUDA: SyncBatchNorm, batch statistics over every process's "
                                   "images (for small per-GPU batches, such as under a 4 GB budget)")
+    downscaled_side: int | None = _field(None, "gd-downscaled: side in px the images are resized to (area "
+                                               "interpolation); altplan.downscaled_side_for plans it")
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -79,6 +81,11 @@ class TrainConfig:
         check_number("warm-up epochs", self.warmup_epochs, "a number >= 0 (paper: 2)", lambda v: v >= 0)
         check_number("final lr fraction", self.final_lr_fraction, "a number in (0, 1]", lambda v: 0 < v <= 1)
         check_number("trunk lr scale", self.trunk_lr_scale, "a number in (0, 1] (paper: 1)", lambda v: 0 < v <= 1)
+        for name in method_of(self.method).needs:
+            if getattr(self, name) is None:
+                raise KitError(f"{self.method} needs --{name.replace('_', '-')}")
+        if self.downscaled_side is not None:
+            check_int("downscaled side", self.downscaled_side, 1, self.image_size)
         if uses_patches(self.method):
             if self.patch_size is None:
                 raise KitError("PatchGD needs --patch-size")

@@ -61,7 +61,8 @@ def measure_latency(config: TrainConfig, warmup: int = LATENCY_WARMUP,
     amp_dtype = autocast_dtype(config, device)
     images = torch.rand(config.batch_size, 3, config.image_size, config.image_size, device=device)
 
-    predict, settings = method_of(config.method).predict, StepSettings(fill_chunk=config.fill_chunk, amp_dtype=amp_dtype)
+    predict = method_of(config.method).predict
+    settings = StepSettings(fill_chunk=config.fill_chunk, amp_dtype=amp_dtype, input_side=config.downscaled_side)
 
     def infer() -> None:
         predict(model, images, settings)

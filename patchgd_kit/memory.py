@@ -1,29 +1,28 @@
-"""Memory budgets (SPEC §4): estimate the peak GPU memory of one training step without allocating it,
-plan the largest batch (for PatchGD: the batch for a k, or the k for a batch) that fits a budget, and
-enforce the budget on CUDA.
+"""Memory budgets (SPEC §4): estimate the peak GPU memory of one training step without allocating it, plan the
+largest batch (for PatchGD: the batch for a k, or the k for a batch) that fits a budget, and enforce the budget
+on CUDA.
 
-Budgets are "4GB", "16 GiB", "16G", "512MB" or a number of bytes. GB means GiB (2^30 bytes): the
-paper's budgets are GPU sizes, and a GPU sold as "16 GB" has 16 GiB.
+Budgets are "4GB", "16 GiB", "16G", "512MB" or a number of bytes. GB means GiB (2^30 bytes): the paper's budgets
+are GPU sizes, and a GPU sold as "16 GB" has 16 GiB.
 
-Estimate: the method's own training step (``methods.METHODS``) runs on fake tensors (shapes and
-dtypes, no data) while ``livebytes`` adds up the live tensor storages in CUDA's 512-byte blocks: the
-quantity `torch.cuda.max_memory_allocated` reports. For PatchGD the step is the fill of Z and one
-inner iteration of k patches per image (two when gradients accumulate, so that the second runs with
-the first one's gradients alive). Adam's moments exist before the step, as from the second step on.
+Estimate: the method's own training step (``methods.METHODS``) runs on fake tensors (shapes and dtypes, no data)
+while ``livebytes`` adds up the live tensor storages in CUDA's 512-byte blocks: the quantity
+`torch.cuda.max_memory_allocated` reports. For PatchGD the step is the fill of Z and one inner iteration of k
+patches per image (two when gradients accumulate, so that the second runs with the first one's gradients alive).
+Adam's moments exist before the step, as from the second step on.
 
-The fake tensors are CPU tensors: fake CUDA tensors run forward but fail in backward on a torch
-built without CUDA. Where CUDA differs in memory, the step does as CUDA does: Adam's foreach
-implementation (its default on CUDA), fp16 autocast for AMP. The estimate does not see cuDNN
-workspaces and the allocator's fragmentation (the margin covers them), the GradScaler's few
-scalars, nor the copy of the input that channels_last may make.
+The fake tensors are CPU tensors: fake CUDA tensors run forward but fail in backward on a torch built without
+CUDA. Where CUDA differs in memory, the step does as CUDA does: Adam's foreach implementation (its default on
+CUDA), fp16 autocast for AMP. The estimate does not see cuDNN workspaces and the allocator's fragmentation (the
+margin covers them), the GradScaler's few scalars, nor the copy of the input that channels_last may make.
 
-Margin: a plan keeps the estimated peak under the budget less the CUDA context (512 MiB, which lives
-outside the allocator and so outside its cap), less 10% of the rest for cuDNN workspaces and
-fragmentation (peak reserved runs above peak allocated).
+Margin: a plan keeps the estimated peak under the budget less the CUDA context (512 MiB, which lives outside the
+allocator and so outside its cap), less 10% of the rest for cuDNN workspaces and fragmentation (peak reserved
+runs above peak allocated).
 
-If the fake-tensor estimate fails (an operator without a fake kernel, a PyTorch that moved the
-private APIs ``livebytes`` uses), a rougher fallback runs the same step on meta tensors and adds up what
-autograd saves for backward, plus parameters, gradients, Adam's moments and the inputs; it warns.
+If the fake-tensor estimate fails (an operator without a fake kernel, a PyTorch that moved the private APIs
+``livebytes`` uses), a rougher fallback runs the same step on meta tensors and adds up what autograd saves for
+backward, plus parameters, gradients, Adam's moments and the inputs; it warns.
 """
 from __future__ import annotations
 
@@ -102,6 +101,7 @@ class Step:
     num_classes: int
     inner_iterations: int  # 1, or 2 with gradient accumulation (ε ≥ 2)
     fill_chunk: int
+    input_side: int | None = None  # gd-downscaled: the side the step resizes images to
 
     @property
     def model_args(self) -> tuple:
@@ -118,7 +118,7 @@ def run_step(step: Step, model, optimizer, images, labels, amp_dtype) -> None:
     """The method's real training step (the scaler is left out: its memory is a few scalars); with
     two inner iterations their gradients accumulate (ε = 2)."""
     settings = StepSettings(k=step.k, inner_iterations=step.inner_iterations, grad_accum=step.inner_iterations,
-                            fill_chunk=step.fill_chunk, amp_dtype=amp_dtype)
+                            fill_chunk=step.fill_chunk, amp_dtype=amp_dtype, input_side=step.input_side)
     method_of(step.method).train_batch(model, images, labels, optimizer, settings)
 
 
@@ -228,7 +228,7 @@ def _check_patchgd(image_size: int, patch_size: int | None, k: int | None) -> in
 
 def estimate_peak(method: str, backbone: str, image_size: int, batch_size: int, *, patch_size: int | None = None,
                   k: int | None = None, amp: bool = False, num_classes: int = 10, grad_accum: int = 1,
-                  fill_chunk: int = 256) -> Estimate:
+                  fill_chunk: int = 256, input_side: int | None = None) -> Estimate:
     """Estimated peak GPU memory (bytes allocated) of one training step: forward, backward and the
     Adam step; for PatchGD the fill of Z and an inner iteration of `k` patches per image. `amp`:
     fp16 autocast. Cached in-process; the first estimate of a step takes about 0.5-5 s on a CPU."""
@@ -246,7 +246,7 @@ def estimate_peak(method: str, backbone: str, image_size: int, batch_size: int, 
     # Only ε ≥ 2 changes the peak (gradients stay alive into the next inner iteration), not its size.
     inner = 2 if patches and grad_accum >= 2 else 1
     result = _estimate(Step(method, backbone, image_size, batch_size, patch_size, k, bool(amp), num_classes,
-                             inner, fill_chunk))
+                             inner, fill_chunk, input_side))
     if isinstance(result, BatchCannotTrain):
         raise result
     return result
@@ -321,7 +321,7 @@ def _largest_fitting(peak_at: Callable[[int], int], usable: int, lowest: int,
 
 def plan(method: str, backbone: str, image_size: int, budget: int | str, *, patch_size: int | None = None,
          sampling: float | None = None, batch_size: int | None = None, amp: bool = False,
-         num_classes: int = 10, grad_accum: int = 1, fill_chunk: int = 256) -> Plan:
+         num_classes: int = 10, grad_accum: int = 1, fill_chunk: int = 256, input_side: int | None = None) -> Plan:
     """The largest batch that fits `budget`; for PatchGD at k = floor(sampling · m·n). For PatchGD
     with a `batch_size` and no `sampling`: the largest k for that batch. With both (or GD with a
     batch size): check that the configuration fits, and refuse it, naming both numbers, if not."""
@@ -332,8 +332,8 @@ def plan(method: str, backbone: str, image_size: int, budget: int | str, *, patc
         raise KitError("PatchGD planning needs a sampling fraction (to plan the batch) or a batch size (to plan k)")
     k = patches_per_iteration(sampling, cells) if cells and sampling is not None else None
     planned = "batch_size" if batch_size is None else "k" if cells and k is None else ""
-    estimate = functools.partial(estimate_peak, method, backbone, image_size, patch_size=patch_size, amp=amp,
-                                 num_classes=num_classes, grad_accum=grad_accum, fill_chunk=fill_chunk)
+    common = dict(amp=amp, num_classes=num_classes, grad_accum=grad_accum, fill_chunk=fill_chunk, input_side=input_side)
+    estimate = functools.partial(estimate_peak, method, backbone, image_size, patch_size=patch_size, **common)
     peak_at = {"batch_size": lambda b: estimate(b, k=k).peak_bytes,
                "k": lambda kk: estimate(batch_size, k=kk).peak_bytes,
                "": lambda _: estimate(batch_size, k=k).peak_bytes}[planned]
@@ -351,7 +351,7 @@ def plan(method: str, backbone: str, image_size: int, budget: int | str, *, patc
         at = f"batch size {batch_size or lowest}" + (f", k = {k or 1}" if cells else "")
         if planned == "":  # a given configuration that does not fit: say what would
             largest = plan(method, backbone, image_size, budget_bytes, patch_size=patch_size, sampling=sampling,
-                           amp=amp, num_classes=num_classes, grad_accum=grad_accum, fill_chunk=fill_chunk)
+                           **common)
             raise KitError(f"{at} does not fit the {format_bytes(budget_bytes)} budget for {config}: it needs an "
                            f"estimated {format_bytes(smallest)}, {format_bytes(usable)} is usable; the largest "
                            f"batch that fits is {largest.batch_size}")
@@ -376,8 +376,8 @@ def plan_for_config(config) -> Plan:
         raise KitError("planning needs a memory budget (--memory-budget)")
     patch_fields = dict(patch_size=config.patch_size, sampling=config.sampling, grad_accum=config.grad_accum,
                         fill_chunk=config.fill_chunk) if uses_patches(config.method) else {}
-    return plan(config.method, config.backbone, config.image_size, config.memory_budget,
-                batch_size=config.batch_size, amp=config.amp, num_classes=config.num_classes, **patch_fields)
+    return plan(config.method, config.backbone, config.image_size, config.memory_budget, batch_size=config.batch_size,
+                amp=config.amp, num_classes=config.num_classes, input_side=config.downscaled_side, **patch_fields)
 
 
 # ---- enforcement on CUDA -----------------------------------------------------------------------

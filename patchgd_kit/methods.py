@@ -6,6 +6,8 @@ through its entry, so a new method (a baseline, a variant) is one entry here.
 - ``gd-extended``: GD with PatchGD's head on the backbone's feature map (the paper's GD-extended).
 - ``patchgd``: Algorithm 1 (``patchgd.train_batch``) on a grid of patches; patch size, sampling,
   max sampled and ε apply to it alone (``Method.patches``).
+- ``gd-checkpoint``, ``gd-downscaled``: GD with its trunk activation-checkpointed, GD on the image
+  resized to ``downscaled_side`` (``alternatives``); ``streaming``: Streaming SGD (``streaming``).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import gd, patchgd
+from . import alternatives, gd, patchgd
 from .errors import KitError
 from .models import GDExtended, PatchGDModel, backbone_of, classifier_model
 
@@ -30,6 +32,7 @@ class StepSettings:
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
     generator: torch.Generator | None = None  # PatchGD: the patch sampler's random stream
+    input_side: int | None = None        # gd-downscaled: the side images are resized to
     # More than one process (training's `distributed`): through(f) runs f(model) as the DDP wrapper's
     # forward, defer_sync() holds its gradient all-reduce back, share = (rank, processes).
     through: Callable | None = None
@@ -46,6 +49,7 @@ class Method:
     train_batch: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.optim.Optimizer, StepSettings],
                           tuple[torch.Tensor, int]]  # → (detached loss, optimizer steps)
     predict: Callable[[nn.Module, torch.Tensor, StepSettings], torch.Tensor]  # → logits, fp32
+    needs: tuple[str, ...] = ()  # TrainConfig fields the method cannot run without (checked by validate)
 
 
 def _gd_step(model, images, labels, optimizer, s: StepSettings):
@@ -57,6 +61,14 @@ def _gd_step(model, images, labels, optimizer, s: StepSettings):
 
 def _gd_predict(model, images, s: StepSettings):
     return gd.predict(model, images, amp_dtype=s.amp_dtype)
+
+
+def _downscaled_step(model, images, labels, optimizer, s: StepSettings):
+    return _gd_step(model, alternatives.downscale(images, s.input_side), labels, optimizer, s)
+
+
+def _downscaled_predict(model, images, s: StepSettings):
+    return _gd_predict(model, alternatives.downscale(images, s.input_side), s)
 
 
 def _patchgd_step(model, images, labels, optimizer, s: StepSettings):
@@ -79,6 +91,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("patchgd", "PatchGD", True,
            lambda backbone, classes, image, patch, weights: PatchGDModel(backbone, classes, image, patch, weights=weights),
            _patchgd_step, _patchgd_predict),
+    Method("gd-checkpoint", "GD-checkpoint", False,
+           lambda backbone, classes, image, patch, weights: alternatives.checkpointed_classifier(backbone, classes,
+                                                                                                 weights),
+           _gd_step, _gd_predict),
+    Method("gd-downscaled", "GD-downscaled", False,
+           lambda backbone, classes, image, patch, weights: classifier_model(backbone, classes, weights),
+           _downscaled_step, _downscaled_predict, needs=("downscaled_side",)),
 )}
 
 

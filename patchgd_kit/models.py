@@ -38,6 +38,7 @@ class Backbone:
     set_classifier: Callable[[nn.Module, int], None]  # replace the classifier by a Linear to n outputs
     patch_encoder: Callable[[nn.Module, int], nn.Module]  # torchvision model → f_θ1 (patch → s)
     encoder_trunk: Callable[[nn.Module], nn.Module]  # f_θ1's net → the trunk inside it
+    stages: Callable[[nn.Module], list[nn.Sequential]]  # torchvision model → the trunk's sequential stages
     stride: int = 32                                 # image side / feature map side (rounded up)
 
 
@@ -67,9 +68,11 @@ def _mobilenet_encoder(model: nn.Module, latent_dim: int) -> nn.Module:
 
 BACKBONES: dict[str, Backbone] = {b.name: b for b in (
     Backbone("resnet50", tvm.resnet50, "fc.", _resnet_trunk, lambda m: m.fc.in_features, _resnet_classifier,
-             _resnet_encoder, encoder_trunk=_resnet_trunk),
+             _resnet_encoder, encoder_trunk=_resnet_trunk,
+             stages=lambda m: [m.layer1, m.layer2, m.layer3, m.layer4]),
     Backbone("mobilenet_v2", tvm.mobilenet_v2, "classifier.", lambda m: m.features, lambda m: m.last_channel,
-             _mobilenet_classifier, _mobilenet_encoder, encoder_trunk=lambda net: net[0]),
+             _mobilenet_classifier, _mobilenet_encoder, encoder_trunk=lambda net: net[0],
+             stages=lambda m: [m.features]),
 )}
 
 

@@ -84,12 +84,13 @@ def _batches(dataset, indices: list[int], batch_size: int, workers: int):
 
 def evaluate(model: torch.nn.Module, method: str, dataset, batch_size: int, device: torch.device, *,
              amp_dtype: torch.dtype | None = None, fill_chunk: int = 256, workers: int = 0,
-             processes: Processes = Processes()) -> dict:
+             input_side: int | None = None, processes: Processes = Processes()) -> dict:
     """Loss, accuracy (%), quadratic-weighted kappa and the predicted class of every image (in the
     dataset's order, for paired comparisons of runs) on a dataset; PatchGD infers g_θ2(fill(X)).
     Under torchrun each process predicts every world-th image, and the predictions are gathered."""
     model.eval()
-    predict, settings = method_of(method).predict, StepSettings(fill_chunk=fill_chunk, amp_dtype=amp_dtype)
+    predict = method_of(method).predict
+    settings = StepSettings(fill_chunk=fill_chunk, amp_dtype=amp_dtype, input_side=input_side)
     losses, preds, labels = [], [], []
     for images, y in _batches(dataset, list(range(len(dataset)))[processes.rank::processes.world], batch_size,
                               workers):
@@ -157,6 +158,7 @@ def step_settings(config: TrainConfig, device: torch.device) -> StepSettings:
     k, zeta = config.schedule()
     return StepSettings(k=k, inner_iterations=zeta, grad_accum=config.grad_accum, fill_chunk=config.fill_chunk,
                         amp_dtype=amp_dtype, generator=torch.Generator().manual_seed(config.seed),
+                        input_side=config.downscaled_side,
                         scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)
 
 
@@ -255,7 +257,7 @@ def evaluate_epoch(run: Run, row: dict) -> list[int]:
     distributed.sync_buffers(run.model, run.processes)  # every process evaluates rank 0's model
     row.update(evaluate(run.model, config.method, run.test_set, config.batch_size, run.device,
                         amp_dtype=run.step.amp_dtype, fill_chunk=config.fill_chunk, workers=config.workers,
-                        processes=run.processes))
+                        input_side=config.downscaled_side, processes=run.processes))
     predictions = row.pop("predictions")  # kept for the last epoch only: the paired bootstrap's input
     row["eval_seconds"] = time.perf_counter() - start
     return predictions
@@ -378,6 +380,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str = "
                         config.patch_size).to(dev)
     model.load_state_dict(state["model"])
     result = evaluate(model, config.method, dataset, config.batch_size or 16, dev,
-                      amp_dtype=autocast_dtype(config, dev), fill_chunk=config.fill_chunk)
+                      amp_dtype=autocast_dtype(config, dev), fill_chunk=config.fill_chunk,
+                      input_side=config.downscaled_side)
     epoch = state["pending"]["epoch"] if state.get("pending") else len(state["history"])
     return {"run_dir": str(run_dir), "split": split, "epoch": epoch, **result}

@@ -1,0 +1,91 @@
+"""PatchGD's alternatives (issue #14): GD with activation checkpointing computes GD's gradients and
+running statistics in less planned memory; GD on a downscaled image resizes by area and gets the
+side that fits PatchGD's batch; every method's estimate grows with the image side."""
+import pytest
+import torch
+from torch.nn import functional as F
+
+from patchgd_kit import altplan, memory
+from patchgd_kit.alternatives import downscale
+from patchgd_kit.config import TrainConfig
+from patchgd_kit.errors import KitError
+from patchgd_kit.methods import METHODS, StepSettings, build_model, method_of
+
+
+def _gradients(model, images, labels):
+    torch.manual_seed(1)  # the same dropout masks for both models
+    F.cross_entropy(model.train()(images), labels).backward()
+    return [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50"])
+def test_checkpointed_gd_has_gd_gradients_and_running_statistics(backbone):
+    torch.manual_seed(0)
+    images, labels = torch.randn(2, 3, 64, 64), torch.tensor([1, 3])
+    plain, checkpointed = build_model("gd", backbone, 10, 64), build_model("gd-checkpoint", backbone, 10, 64)
+    checkpointed.load_state_dict(plain.state_dict())
+    expected, got = _gradients(plain, images, labels), _gradients(checkpointed, images, labels)
+    assert max((a - b).abs().max().item() for a, b in zip(expected, got)) <= 1e-5
+    # The recomputation in backward must not count the batch twice in BatchNorm's statistics.
+    for (name, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def test_checkpointed_gd_plans_a_larger_batch_than_gd():
+    gd = memory.plan("gd", "mobilenet_v2", 128, "1GB")
+    checkpointed = memory.plan("gd-checkpoint", "mobilenet_v2", 128, "1GB")
+    assert checkpointed.batch_size > gd.batch_size
+    assert checkpointed.estimator == "fake-tensor"
+
+
+def _peak(method, image_size):
+    extra = {"patch_size": 32, "k": 1} if method_of(method).patches else {}
+    return memory.estimate_peak(method, "mobilenet_v2", image_size, 2, input_side=32, **extra).peak_bytes
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_methods_estimate_grows_with_the_image_side(method):
+    peaks = [_peak(method, side) for side in (64, 128, 256)]
+    assert peaks == sorted(peaks) and peaks[0] < peaks[-1], peaks
+
+
+def test_downscale_averages_areas_and_refuses_a_missing_or_larger_side():
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    assert torch.equal(downscale(images, 4), F.avg_pool2d(images, 2))
+    assert downscale(images, 8) is images
+    with pytest.raises(KitError, match="downscaled-side"):
+        downscale(images, None)
+    with pytest.raises(KitError, match="must not exceed"):
+        downscale(images, 16)
+
+
+def test_downscaled_gd_trains_and_predicts_at_its_side():
+    model = build_model("gd-downscaled", "mobilenet_v2", 10, 64)
+    seen = []
+    model.features[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[-1]))
+    optimizer = torch.optim.Adam(model.parameters())
+    settings = StepSettings(input_side=32)
+    METHODS["gd-downscaled"].train_batch(model, torch.randn(2, 3, 64, 64), torch.tensor([0, 1]), optimizer, settings)
+    assert METHODS["gd-downscaled"].predict(model.eval(), torch.randn(3, 3, 64, 64), settings).shape == (3, 10)
+    assert seen == [32, 32]
+
+
+def test_downscaled_gd_needs_its_side_and_leaves_other_keys_alone():
+    with pytest.raises(KitError, match="--downscaled-side"):
+        TrainConfig(method="gd-downscaled", image_size=64).validate()
+    with pytest.raises(KitError, match="downscaled side"):
+        TrainConfig(method="gd-downscaled", image_size=64, downscaled_side=128).validate()
+    TrainConfig(method="gd-downscaled", image_size=64, downscaled_side=32).validate()
+    assert "downscaled_side" not in TrainConfig(method="gd").key()
+
+
+def test_downscaled_side_fits_patchgds_batch_and_the_next_side_does_not():
+    found = altplan.downscaled_side_for("mobilenet_v2", 256, "1GB", patch_size=64, sampling=0.25)
+    assert found.side % 32 == 0 and 32 <= found.side <= 256
+    usable = memory.usable_bytes(memory.parse_budget("1GB"))
+    assert found.estimated_peak_bytes <= usable
+    if found.side < 256:
+        assert memory.estimate_peak("gd-downscaled", "mobilenet_v2", 256, found.batch_size,
+                                    input_side=found.side + 32).peak_bytes > usable
+    assert found.batch_size == memory.plan("patchgd", "mobilenet_v2", 256, "1GB", patch_size=64,
+                                           sampling=0.25).batch_size
