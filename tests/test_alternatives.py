@@ -1,12 +1,15 @@
 """PatchGD's alternatives (issue #14): GD with activation checkpointing computes GD's gradients and
 running statistics in less planned memory; GD on a downscaled image resizes by area and gets the
 side that fits PatchGD's batch; every method's estimate grows with the image side."""
+import json
+
 import pytest
 import torch
 from torch.nn import functional as F
 
 from patchgd_kit import altplan, memory
 from patchgd_kit.alternatives import downscale
+from patchgd_kit.cli import main
 from patchgd_kit.config import TrainConfig
 from patchgd_kit.errors import KitError
 from patchgd_kit.methods import METHODS, StepSettings, build_model, method_of
@@ -89,3 +92,15 @@ def test_downscaled_side_fits_patchgds_batch_and_the_next_side_does_not():
                                     input_side=found.side + 32).peak_bytes > usable
     assert found.batch_size == memory.plan("patchgd", "mobilenet_v2", 256, "1GB", patch_size=64,
                                            sampling=0.25).batch_size
+
+
+@pytest.mark.parametrize("method, extra", [("gd-checkpoint", []), ("gd-downscaled", ["--downscaled-side", "32"])])
+def test_the_alternatives_train_and_evaluate_from_the_command_line(tiny_data, tmp_path, capsys, method, extra):
+    out = tmp_path / method
+    args = ["train", "--data", str(tiny_data), "--out", str(out), "--quiet", "--method", method, "--backbone",
+            "mobilenet_v2", "--image-size", "64", "--epochs", "1", "--batch-size", "8", *extra]
+    assert main(args) == 0
+    assert json.loads((out / "config.json").read_text())["method"] == method
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out)]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 100
