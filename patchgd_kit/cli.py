@@ -185,7 +185,8 @@ PLAN_FIELDS = ("method", "backbone", "image_size", "patch_size", "sampling", "ba
 
 
 def add_plan(p) -> None:
-    p.add_argument("--table", action="store_true", help="plan every row of the paper's Tables 1-5 at 4, 16 and 24 GB")
+    p.add_argument("--table", action="store_true", help="plan every row of the paper's Tables 1-5 at 4, 16 and 24 GB, "
+                   "and GD's rows of Tables 1-3 as gd-checkpoint (not in the paper)")
     add_config_options(p, PLAN_FIELDS, {
         "sampling": "PatchGD: fraction of the patches per inner iteration, k = floor(f·m·n) (default 0.25; "
                     "leave it out with --batch-size to plan k)",
@@ -200,7 +201,7 @@ def run_plan(args) -> None:
     from .config import TrainConfig
     from .methods import uses_patches
     if args.table:
-        cells = paperplans.memory_table(paperplans.memory_rows())
+        cells = paperplans.memory_table(paperplans.memory_rows() + paperplans.alternative_rows())
         print(json.dumps(cells, indent=2) if args.json else paperplans.format_table(cells))
         return
     if args.budget is None:

@@ -1,6 +1,7 @@
 """The memory planner over the paper's rows: a row's settings as the planner's arguments (ε = ζ
 resolved), the plan of one row at the paper's scale (cached per profile: every notebook asks), and
-the table of plans of every paper row at 4, 16 and 24 GB (`python -m patchgd_kit plan --table`).
+the table of plans of every paper row at 4, 16 and 24 GB (`python -m patchgd_kit plan --table`), with
+rows not in the paper for GD's alternatives beside GD's rows.
 """
 from __future__ import annotations
 
@@ -151,3 +152,14 @@ def memory_rows() -> list[PaperRow]:
                            num_classes=s["num_classes"], **patch)
             budgets.setdefault(key, []).append(s["memory_budget"].removesuffix("GB"))
     return [dataclasses.replace(row, paper_budget=", ".join(b)) for row, b in budgets.items()]
+
+
+NOT_IN_PAPER = " (not in the paper)"
+
+
+def alternative_rows(sources: tuple[str, ...] = ("Table 1", "Table 2", "Table 3")) -> list[PaperRow]:
+    """Rows not in the paper: each GD row of Tables 1-3 again as gd-checkpoint (GD with its trunk
+    activation-checkpointed: the same gradients, so the same accuracy, in less memory). gd-downscaled
+    has no row here: its side depends on the budget (``altplan.downscaled_side_for``)."""
+    return [dataclasses.replace(row, source=row.source + NOT_IN_PAPER, method="gd-checkpoint", paper_budget="–")
+            for row in memory_rows() if row.method == "gd" and row.source in sources]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from patchgd_kit import altplan, memory
+from patchgd_kit import altplan, memory, paperplans
 from patchgd_kit.alternatives import downscale
 from patchgd_kit.cli import main
 from patchgd_kit.config import TrainConfig
@@ -104,3 +104,12 @@ def test_the_alternatives_train_and_evaluate_from_the_command_line(tiny_data, tm
     capsys.readouterr()
     assert main(["evaluate", "--run", str(out)]) == 0
     assert 0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 100
+
+
+def test_plan_table_has_gd_checkpoint_rows_beside_gds_not_in_the_paper():
+    rows = paperplans.alternative_rows()
+    tables = ("Table 1", "Table 2", "Table 3")
+    gd_rows = [r for r in paperplans.memory_rows() if r.method == "gd" and r.source in tables]
+    assert len(rows) == len(gd_rows) == 6
+    assert all(r.method == "gd-checkpoint" and r.source.endswith("(not in the paper)") for r in rows)
+    assert [(r.backbone, r.image_size, r.amp) for r in rows] == [(r.backbone, r.image_size, r.amp) for r in gd_rows]
