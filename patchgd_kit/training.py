@@ -328,6 +328,12 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
     config.validate()
     out, processes = Path(out), distributed.from_env()
     datasets = load_datasets(config)
+    if config.batch_size is not None and not restart:
+        # A finished run is read back as it is: checking its batch against the budget again (a
+        # fake-tensor trace, about a second) would only repeat the check it passed when it trained.
+        finished = finished_result(out, config)
+        if finished is not None:
+            return finished
     plan = None
     if config.memory_budget is not None:  # plan the batch, or refuse a given one that does not fit
         plan = plan_for_config(config)

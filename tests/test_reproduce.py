@@ -30,7 +30,8 @@ def test_a_row_runs_at_the_profiles_scale_with_the_planned_batch_capped(smoke_ru
     profile = get_profile("smoke")
     table = PAPER["table1"]
     config, plan, scale = scaling.row_config(table, table.row("patchgd_4gb"), profile, seed=2)
-    assert (config.image_size, config.patch_size, config.epochs) == (64, 32, profile.epochs)
+    resnet50 = profile.for_backbone("resnet50")  # smoke: ResNet50 rows train 1 epoch, MobileNetV2 rows 2
+    assert (config.image_size, config.patch_size, config.epochs) == (64, 32, resnet50.epochs) == (64, 32, 1)
     assert config.batch_size == min(FAKE_PLAN["batch_size"], profile.max_batch_size)
     assert config.memory_budget == "4GB" and config.seed == 2
     # The profile's digits-pretrained ResNet50, made on first use in its weights folder.
@@ -39,7 +40,7 @@ def test_a_row_runs_at_the_profiles_scale_with_the_planned_batch_capped(smoke_ru
     assert config.schedule() == (1, 4)  # the paper's k = 1, ζ = 4 on the 2×2 grid
     assert config.trunk_lr_scale == profile.trunk_lr_scale == 0.1
     assert scale == (f"64 px, patch 32; {10 * profile.per_class_train} train / {10 * profile.per_class_test} test "
-                     f"images; {profile.epochs} epochs; trunk lr × 0.1")
+                     f"images; {resnet50.epochs} epochs; trunk lr × 0.1")
     uncapped, *_ = scaling.row_config(table, table.row("patchgd_4gb"), get_profile("smoke", max_batch_size=None))
     assert uncapped.batch_size == min(FAKE_PLAN["batch_size"], 10 * profile.per_class_train)  # the train set caps it
 
@@ -56,7 +57,7 @@ def test_one_batch_factor_and_a_backbones_own_scale(smoke_runs):
     assert (config.image_size, Path(config.weights).name) == (96, "resnet50-digits-96px-crop48-min8px-2steps-seed0.pt")
     assert scale.startswith("96 px, digits ≥ 8 px;")
     mobilenet, *_ = scaling.row_config(PAPER["table2"], PAPER["table2"].row("gd_16gb"), profile)
-    assert mobilenet.image_size == 64
+    assert (mobilenet.image_size, mobilenet.epochs) == (64, 2)
 
 
 def test_runs_shared_between_tables_have_one_store_folder(smoke_runs):
@@ -82,6 +83,16 @@ def test_plans_are_cached_on_disk(tmp_path, monkeypatch):
     again = paperplans.paper_plan(settings, tmp_path / "plans.json")
     assert first == again == {"batch_size": 32, "k": None, "estimated_peak_bytes": 2**33, "estimator": "fake"}
     assert calls == [("gd", "resnet50", 512, "16GB")]
+    # ε counts as 1 or "at least 2", as the planner sees it: Table 4's 10% rows (ζ = 11, 8, 6, 4 at
+    # max sampled 100, 70, 50, 30%) share one plan; ε = 1 (Table 5/6) is a plan of its own.
+    table4 = PAPER["table4"]
+    for row in ("s10_m100", "s10_m70", "s10_m50", "s10_m30"):
+        paperplans.paper_plan(table4.settings(table4.row(row)), tmp_path / "plans.json")
+    table5_6 = PAPER["table5_6"]
+    for row in ("eps1", "eps2", "eps4"):
+        paperplans.paper_plan(table5_6.settings(table5_6.row(row)), tmp_path / "plans.json")
+    assert [c[:3] for c in calls[1:]] == [("patchgd", "resnet50", 2048), ("patchgd", "mobilenet_v2", 512),
+                                          ("patchgd", "mobilenet_v2", 512)]
 
 
 def test_notebooks_are_found_in_order_and_filtered(tmp_path):

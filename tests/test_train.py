@@ -52,6 +52,21 @@ def test_finished_run_is_read_back_not_redone(tiny_data, tmp_path):
     assert evaluate_run(tmp_path / "run", device="cpu")["accuracy"] == first["final"]["accuracy"]
 
 
+def test_finished_run_with_a_budget_is_read_back_without_checking_its_batch_again(tiny_data, tmp_path,
+                                                                                  monkeypatch):
+    from patchgd_kit import training as train_module
+    config = TrainConfig(method="gd", data=str(tiny_data), epochs=1, memory_budget="4GB", **SMALL)
+    first = train(config, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["batch_size"] == SMALL["batch_size"]
+
+    def no_check(config):
+        raise AssertionError("a finished run was checked against its budget again")
+    monkeypatch.setattr(train_module, "plan_for_config", no_check)
+    assert train(config, tmp_path / "run", progress=False)["final"] == first["final"]
+    with pytest.raises(AssertionError, match="checked against its budget"):  # a new run is still checked
+        train(config, tmp_path / "other", progress=False)
+
+
 def test_a_different_config_in_the_same_folder_is_refused(tiny_data, tmp_path):
     train(TrainConfig(method="gd", data=str(tiny_data), epochs=1, **SMALL), tmp_path / "run", progress=False)
     with pytest.raises(KitError, match="different config.*epochs"):
