@@ -81,6 +81,35 @@ def measure_latency(config: TrainConfig, warmup: int = LATENCY_WARMUP,
             "repeats": repeats}
 
 
+def training_speed(method: str, backbone: str, image_size: int, batch_size: int, *, seconds: float = 3.0,
+                   device: str = "auto", patch_size: int | None = None, sampling: float = 0.25,
+                   downscaled_side: int | None = None) -> float:
+    """Training images/s of one method's own step (``METHODS[method].train_batch``) on random images,
+    after one untimed step (Adam's moments then exist), timed for at least `seconds`."""
+    config = TrainConfig(method=method, backbone=backbone, image_size=image_size, patch_size=patch_size,
+                         sampling=sampling, batch_size=batch_size, device=device, downscaled_side=downscaled_side)
+    config.validate()
+    k, zeta = config.schedule()
+    torch_device = resolve_device(device)
+    model = model_on(config, torch_device).train()
+    optimizer = torch.optim.Adam(model.parameters(), 1e-4)
+    images = torch.randn(batch_size, 3, image_size, image_size, device=torch_device)
+    labels = torch.randint(0, config.num_classes, (batch_size,), device=torch_device)
+    settings = StepSettings(k=k, inner_iterations=zeta, input_side=downscaled_side)
+
+    def step() -> None:
+        method_of(method).train_batch(model, images, labels, optimizer, settings)
+        if torch_device.type == "cuda":
+            torch.cuda.synchronize(torch_device)
+
+    step()
+    count, start = 0, time.perf_counter()
+    while count == 0 or time.perf_counter() - start < seconds:
+        step()
+        count += 1
+    return count * batch_size / (time.perf_counter() - start)
+
+
 def run_latency(result: RowResult, profile: Profile) -> dict:
     """measure_latency for a row's run, kept in its store folder (``latency.json``) and measured
     again only on another device or with other passes."""
@@ -104,10 +133,11 @@ PAPER_SIZE_FIELDS = {"ultramnist": ("per_class_train", "per_class_test", "epochs
 
 
 @functools.lru_cache(maxsize=None)
-def inference_speed(method: str, backbone: str, image_size: int, patch_size: int | None, device: str = "auto") -> float:
+def inference_speed(method: str, backbone: str, image_size: int, patch_size: int | None, device: str = "auto",
+                    downscaled_side: int | None = None) -> float:
     """Inference images/s of a freshly built model (batch 16) on this machine, measured now."""
     config = TrainConfig(method=method, backbone=backbone, image_size=image_size, patch_size=patch_size,
-                         batch_size=16, device=device)
+                         batch_size=16, device=device, downscaled_side=downscaled_side)
     return measure_latency(config, warmup=1)["images_per_s"]
 
 
@@ -123,7 +153,7 @@ def paper_gpu_hours(results: list[RowResult]) -> tuple[float, str]:
     for r in results:
         c = r.config
         paper_size = r.table.settings(r.row)["image_size"]
-        relative = (inference_speed(c.method, c.backbone, c.image_size, c.patch_size, c.device)
+        relative = (inference_speed(c.method, c.backbone, c.image_size, c.patch_size, c.device, c.downscaled_side)
                     / inference_speed("gd", "resnet50", c.image_size, None, c.device))
         gpu_eval = A100_RESNET50_512_IMG_S * relative * (512 / paper_size) ** 2
         run_eval = statistics.fmean(r.test_images / row["eval_seconds"] for run in r.runs for row in run["history"])

@@ -13,10 +13,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import livebytes, memory
+from . import altplan, livebytes, memory
+from .altplan import downscaled_side_for
 from .files import content_hash, write_text
 from .memory import BudgetTooSmall, format_bytes, plan
-from .methods import uses_patches
+from .methods import method_of, uses_patches
 from .paper import PAPER, ZETA
 from .patches import schedule_for
 
@@ -30,34 +31,49 @@ def grad_accum_of(settings: dict) -> int:
                         settings["max_sampled"])[1]
 
 
+def _downscaled(settings: dict) -> bool:
+    """gd-downscaled: planned at PatchGD's batch, whose patch settings the row carries."""
+    return "downscaled_side" in method_of(settings["method"]).needs
+
+
 def planner_args(settings: dict) -> dict:
     """plan()'s arguments for a row's settings at the paper's scale."""
     args = {"method": settings["method"], "backbone": settings["backbone"], "image_size": settings["image_size"],
             "budget": settings["memory_budget"], "amp": settings.get("amp", False),
             "num_classes": settings["num_classes"]}
-    if uses_patches(settings["method"]):
+    if uses_patches(settings["method"]) or _downscaled(settings):
         args.update(patch_size=settings["patch_size"], sampling=settings["sampling"],
                     grad_accum=grad_accum_of(settings))
     return args
 
 
+def _plan_row(args: dict) -> dict:
+    method, backbone, size, budget = (args.pop(k) for k in ("method", "backbone", "image_size", "budget"))
+    if _downscaled({"method": method}):
+        side = downscaled_side_for(backbone, size, budget, **args)
+        return {"batch_size": side.batch_size, "k": None, "estimated_peak_bytes": side.estimated_peak_bytes,
+                "estimator": "fake-tensor", "downscaled_side": side.side}
+    found = plan(method, backbone, size, budget, **args)
+    return {"batch_size": found.batch_size, "k": found.k, "estimated_peak_bytes": found.estimated_peak_bytes,
+            "estimator": found.estimator}
+
+
 def paper_plan(settings: dict, cache: Path) -> dict:
-    """The planner's batch size, k and estimated peak for a row at the paper's scale.
+    """The planner's batch size, k and estimated peak for a row at the paper's scale (gd-downscaled:
+    PatchGD's batch and the side it fits at, ``downscaled_side``).
 
     Kept in the JSON file `cache`: planning takes seconds per row and every notebook asks. The
     planner's source is part of the key, so a changed planner plans again. ε enters the key as the
     planner sees it, 1 or at least 2 (_plan_key): Table 4's rows with ζ = 11, 8, 6 and 4 share one
     plan instead of tracing ResNet50 at 2048 px again in each notebook."""
     args = planner_args(settings)
-    source = content_hash([Path(m.__file__).read_text() for m in (memory, livebytes)], 12)
+    source = content_hash([Path(m.__file__).read_text() for m in (memory, livebytes, altplan)], 12)
     seen = {**args, "grad_accum": min(args["grad_accum"], 2)} if "grad_accum" in args else args
     key = json.dumps({**seen, "planner": source}, sort_keys=True)
     cache = Path(cache)
     known = json.loads(cache.read_text()) if cache.exists() else {}
     if key not in known:
-        found = plan(args.pop("method"), args.pop("backbone"), args.pop("image_size"), args.pop("budget"), **args)
-        known[key] = {"batch_size": found.batch_size, "k": found.k,
-                      "estimated_peak_bytes": found.estimated_peak_bytes, "estimator": found.estimator}
+        known[key] = _plan_row(dict(args))
         write_text(cache, json.dumps(known, indent=1, sort_keys=True))
     return known[key]
 

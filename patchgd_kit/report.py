@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .beyond import NOT_IN_PAPER, is_beyond
 from .files import write_text
 from .latency import LATENCY_REPEATS, LATENCY_WARMUP, paper_parameters_m, precision, run_latency
 from .orderings import RowResult, budget_text, format_mean_std, mean_std, orderings_markdown
@@ -53,8 +54,9 @@ def table_frame(results: list[RowResult]) -> pd.DataFrame:
         for metric in r.table.metrics:
             name = METRIC_NAMES[metric]
             mean, std = mean_std(r.values(metric))
-            line.update({f"paper {name}": r.row.paper[metric], f"measured {name}": mean,
-                         f"measured {name} std": std, f"measured − paper {name}": mean - r.row.paper[metric]})
+            paper = r.row.paper.get(metric)  # None for a row not in the paper
+            line.update({f"paper {name}": paper, f"measured {name}": mean, f"measured {name} std": std,
+                         f"measured − paper {name}": None if paper is None else mean - paper})
         k = r.config.schedule()[0]
         line.update({"seeds": len(r.runs), "batch planned at paper scale": r.plan["batch_size"],
                      "batch": r.config.batch_size, "k": k, "images/s": r.mean_over_epochs("train_images_per_s"),
@@ -129,6 +131,12 @@ def notes(results: list[RowResult]) -> str:
         "offline, the kit pretrains each backbone on single bundled MNIST digits instead (pretrain.py), the "
         "same init for every method of a table.",
     ]
+    if any(is_beyond(r.row) for r in results):
+        lines.append(f"- rows marked \"{NOT_IN_PAPER}\": GD's alternatives under the same budget and data "
+                     "(notebook 11): GD-checkpoint computes GD's gradients with the trunk's activations recomputed "
+                     "in backward, so it differs from GD only in the larger batch the budget allows; GD-downscaled "
+                     "trains PatchGD's batch on images resized (area) to the largest side at which GD fits it "
+                     "(the scale column gives the side)")
     if table.note:
         lines.append(f"- {table.note}")
     return "\n".join(lines) + "\n"
@@ -179,10 +187,10 @@ def write_panda_table(results: list[RowResult], folder, data: PandaData, profile
     if "params_m" in results[0].row.paper:
         latencies = [run_latency(r, profile) for r in results]
         columns.update({
-            "paper params (M)": [f"{r.row.paper['params_m']:.2f}" for r in results],
+            "paper params (M)": [_cell(r.row.paper.get("params_m"), 2) for r in results],
             "params (M)": [f"{paper_parameters_m(s['method'], s['image_size'], s.get('patch_size')):.2f}"
                            for s in settings],
-            "paper latency img/s": [f"{r.row.paper['latency_img_s']:.2f}" for r in results],
+            "paper latency img/s": [_cell(r.row.paper.get("latency_img_s"), 2) for r in results],
             "latency img/s": [f"{lat['images_per_s']:.2f}" for lat in latencies],
             "latency device": [lat["device"] for lat in latencies],
         })

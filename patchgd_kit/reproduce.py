@@ -24,6 +24,7 @@ import torch
 
 from .data import UltraMNIST
 from .errors import KitError
+from .beyond import BEYOND, rows_of
 from .config import resolve_device
 from .files import check_writable_folder
 from .latency import device_name
@@ -40,11 +41,13 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 def run_table(name: str, profile: Profile | str | None = None, seeds: int | None = None, *,
               rows: tuple[str, ...] | None = None, progress: bool = True) -> list[RowResult]:
     """Every row of paper table `name` (or the rows with the ids `rows`), each with seeds 0..seeds-1,
-    trained or read back from the profile's store. Prints which run is which as it goes."""
+    trained or read back from the profile's store; then the table's rows not in the paper when the
+    profile trains them (``Profile.beyond``). Prints which run is which as it goes."""
     table = PAPER[name]
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     seeds = seeds or profile.seeds
-    chosen = [table.row(r) for r in rows] if rows else list(table.rows)
+    every = {row.id: row for row in rows_of(table, tuple(BEYOND))}
+    chosen = [every[r] for r in rows] if rows else list(rows_of(table, profile.beyond))
     folder = profile_dir(profile)
     results, total = [], len(chosen) * seeds
     for i, row in enumerate(chosen):

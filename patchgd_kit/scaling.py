@@ -135,7 +135,11 @@ def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[Trai
     test_images = len(UltraMNIST(scaled["data"], "test", cache=False))
     batch = scaled_batch(plan["batch_size"], profile, train_images)
     fields = {k: v for k, v in {**settings, **scaled}.items() if k in TRAIN_FIELDS}
-    fields["grad_accum"] = grad_accum_of(fields)  # ε = ζ of the scaled grid
+    # ε = ζ of the scaled grid; gd-downscaled carries PatchGD's patch settings for its plan only
+    fields["grad_accum"] = grad_accum_of(fields) if uses_patches(fields["method"]) else 1
+    if "downscaled_side" in plan:  # gd-downscaled: the side planned at the paper's scale, scaled alike
+        fields["downscaled_side"] = max(1, round(plan["downscaled_side"] * fields["image_size"]
+                                                 / settings["image_size"]))
     config = TrainConfig(**{**fields, "batch_size": batch, "seed": seed, "trunk_lr_scale": profile.trunk_lr_scale,
                             "weights": profile_weights(profile.for_backbone(settings["backbone"]),
                                                        settings["backbone"], progress=False)})
@@ -144,6 +148,8 @@ def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[Trai
     floor = f", digits ≥ {train_set.min_digit_side} px" if train_set.min_digit_side != MIN_DIGIT_SIDE else ""
     factor = f"; batch = planned × {profile.batch_scale:g}" if profile.batch_scale != 1 else ""
     trunk_lr = f"; trunk lr × {config.trunk_lr_scale:g}" if config.trunk_lr_scale != 1 else ""
-    scale = (f"{config.image_size} px{patch}{floor}; {train_images} train / {test_images} test images; "
+    resized = (f" resized to {config.downscaled_side} px (paper scale: {plan['downscaled_side']})"
+               if config.downscaled_side else "")
+    scale = (f"{config.image_size} px{resized}{patch}{floor}; {train_images} train / {test_images} test images; "
              f"{config.epochs} epochs{factor}{trunk_lr}")
     return config, plan, scale

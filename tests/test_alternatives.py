@@ -7,12 +7,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from patchgd_kit import altplan, memory, paperplans
+from patchgd_kit import altplan, memory, paperplans, scaling
+from patchgd_kit.beyond import BEYOND, PATCH_SETTINGS, is_beyond, rows_of
 from patchgd_kit.alternatives import downscale
 from patchgd_kit.cli import main
 from patchgd_kit.config import TrainConfig
 from patchgd_kit.errors import KitError
 from patchgd_kit.methods import METHODS, StepSettings, build_model, method_of
+from patchgd_kit.paper import PAPER
+from patchgd_kit.profiles import get_profile
 
 
 def _gradients(model, images, labels):
@@ -113,3 +116,33 @@ def test_plan_table_has_gd_checkpoint_rows_beside_gds_not_in_the_paper():
     assert len(rows) == len(gd_rows) == 6
     assert all(r.method == "gd-checkpoint" and r.source.endswith("(not in the paper)") for r in rows)
     assert [(r.backbone, r.image_size, r.amp) for r in rows] == [(r.backbone, r.image_size, r.amp) for r in gd_rows]
+
+
+def test_rows_not_in_the_paper_are_gds_rows_as_its_alternatives():
+    for name, extra in BEYOND.items():
+        table = PAPER[name]
+        ids = [row.id for row in rows_of(table, (name,))]
+        assert len(ids) == len(set(ids)) == len(table.rows) + len(extra)
+        assert rows_of(table) == table.rows  # only a profile that names the table trains them
+        for row in extra:
+            assert not row.paper and row.label.endswith("(not in the paper)") and is_beyond(row)
+            gd = table.row("gd_" + row.id.split("_", 1)[1])
+            kept = {k: v for k, v in row.settings.items() if k not in PATCH_SETTINGS}
+            assert kept == {**gd.settings, "method": row.settings["method"]}
+    # gd-downscaled carries the matching PatchGD row's patch settings, for its plan.
+    downscaled = next(r for r in BEYOND["table3"] if r.settings["method"] == "gd-downscaled")
+    assert (downscaled.settings["patch_size"], downscaled.settings["sampling"]) == (128, 0.1)
+
+
+def test_a_downscaled_row_plans_patchgds_batch_and_runs_at_its_side_scaled(tmp_path, monkeypatch):
+    monkeypatch.setenv("KIT_RUNS", str(tmp_path))
+    table = PAPER["table2"]
+    row = next(r for r in BEYOND["table2"] if r.id == "gd-downscaled_16gb")
+    plan = paperplans.paper_plan(table.settings(row), tmp_path / "plans.json")
+    patchgd = paperplans.paper_plan(table.settings(table.row("patchgd_16gb")), tmp_path / "plans.json")
+    assert plan["batch_size"] == patchgd["batch_size"] and 32 <= plan["downscaled_side"] < 512
+    profile = get_profile("smoke")
+    config, _, scale = scaling.row_config(table, row, profile)
+    assert config.method == "gd-downscaled" and config.grad_accum == 1
+    assert config.downscaled_side == round(plan["downscaled_side"] * profile.image_size / 512)
+    assert scale.startswith(f"64 px resized to {config.downscaled_side} px (paper scale: {plan['downscaled_side']});")

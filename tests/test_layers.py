@@ -11,7 +11,7 @@ FLOORS = ["ground", "data", "paper", "core", "runs", "report", "face"]
 FLOOR_OF = {
     "errors": "ground", "files": "ground",
     "digits": "data", "data": "data", "panda": "data",
-    "paper": "paper",
+    "paper": "paper", "beyond": "paper",
     "patches": "core", "models": "core", "patchgd": "core", "gd": "core", "methods": "core",
     "livebytes": "core", "memory": "core", "alternatives": "core", "altplan": "core",
     "config": "runs", "runfolder": "runs", "training": "runs", "store": "runs", "profiles": "runs",

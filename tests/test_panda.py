@@ -27,6 +27,7 @@ from patchgd_kit.scaling import scaled_sizes
 from patchgd_kit.profiles import get_profile
 from patchgd_kit.config import TrainConfig
 from patchgd_kit.orderings import RowResult
+from patchgd_kit.beyond import rows_of
 from patchgd_kit.paper import PAPER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -367,16 +368,18 @@ def test_latency_is_measured_on_the_runs_model(method, amp):
     assert measured["precision"] == ("bf16 autocast (the CPU stand-in for fp16)" if amp else "fp32")
 
 
-def fake_results(name: str) -> list:
-    """RowResults of every row of a PANDA table with made-up runs (accuracy 20, QWK 0.1)."""
+def fake_results(name: str, beyond: bool = False) -> list:
+    """RowResults of every row of a PANDA table (and its rows not in the paper) with made-up runs
+    (accuracy 20, QWK 0.1)."""
     table = PAPER[name]
     out = []
-    for row in table.rows:
+    for row in rows_of(table, (name,) if beyond else ()):
         s = table.settings(row)
         config = TrainConfig(method=s["method"], image_size=64, batch_size=4, amp=s["amp"],
                              patch_size=16 if s["method"] == "patchgd" else None,
                              sampling=s.get("sampling", 0.25), max_sampled=s["max_sampled"],
-                             device="cpu", num_classes=10)
+                             device="cpu", num_classes=10,
+                             downscaled_side=32 if s["method"] == "gd-downscaled" else None)
         runs = [{"final": {"accuracy": 20.0, "qwk": 0.1},
                  "history": [{"accuracy": 20.0, "train_images_per_s": 5.0, "eval_seconds": 1.0}]}]
         out.append(RowResult(table, row, config, {"batch_size": 8, "k": 1, "estimated_peak_bytes": 2**33},
@@ -402,6 +405,11 @@ def test_tables_name_the_standin_in_the_title_and_every_row(tmp_path, monkeypatc
     assert md3.startswith("## Table 3: ResNet50 on PANDA (6 ISUP grades) — run on the stand-in")
     assert "stand-in, not PANDA: made up" in md3 and "hours: none" in md3
     assert "Of the paper's 4 orderings here" in md3 and "**tie**, within the noise" in md3
+    report.write_panda_table(fake_results("table3", beyond=True), tmp_path, data, profile)
+    beyond = pd.read_csv(tmp_path / "table3.csv").iloc[9:]
+    assert beyond["method"].tolist() == ["GD-checkpoint (not in the paper)", "GD-downscaled (not in the paper)"]
+    assert (beyond["paper params (M)"] == "–").all() and beyond["paper accuracy %"].isna().all()
+    assert beyond["params (M)"].astype(float).tolist() == [23.52, 23.52]  # GD's ResNet50, however it steps
     report.write_panda_table(fake_results("table4"), tmp_path, data, profile)
     csv4 = pd.read_csv(tmp_path / "table4.csv")
     assert csv4["data"].tolist() == ["stand-in"] * 6 and "latency img/s" not in csv4.columns

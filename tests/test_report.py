@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from patchgd_kit import figure, orderings, report, store
+from patchgd_kit.beyond import BEYOND
 from patchgd_kit.config import TrainConfig
 from patchgd_kit.orderings import RowResult
 from patchgd_kit.paper import FIGURE2, OUTPUTS, PAPER
@@ -111,6 +112,18 @@ def test_table_has_paper_measured_and_difference_for_every_row(tmp_path):
     md = (tmp_path / "table1.md").read_text()
     assert "| GD | 16 GB | 65.2 | 25.0 ± 7.1 |" in md and "GPU hours: none" in md
     assert "random weights" in md
+
+
+def test_a_row_not_in_the_paper_has_no_paper_number_and_says_so(tmp_path):
+    fake = _fake("table2", {row.id: [30.0] for row in PAPER["table2"].rows})
+    row = next(r for r in BEYOND["table2"] if r.id == "gd-checkpoint_16gb")
+    fake.append(dataclasses.replace(fake[0], row=row, config=dataclasses.replace(fake[0].config, method="gd-checkpoint")))
+    frame = report.write_table(fake, tmp_path)
+    assert frame["paper accuracy %"].isna().tolist() == [False] * 6 + [True]
+    assert frame["measured − paper accuracy %"].isna().tolist() == [False] * 6 + [True]
+    md = (tmp_path / "table2.md").read_text()
+    assert "| GD-checkpoint (not in the paper) | 16 GB | – | 30.0 | – |" in md
+    assert 'rows marked "not in the paper"' in md
 
 
 def test_orderings_are_decided_by_the_measured_numbers():

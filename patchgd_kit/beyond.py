@@ -1,0 +1,50 @@
+"""Rows not in the paper: GD's alternatives (issue #14) trained beside the paper's GD rows of Tables 1-3,
+so that a table answers "why not checkpointing, or a smaller image?" with the same data, budget and
+schedule.
+
+- ``gd-checkpoint``: the GD row with the trunk activation-checkpointed. The same gradients as GD, so what
+  changes is the batch the budget allows (the planner's, larger than GD's) and the speed.
+- ``gd-downscaled``: the GD row on images resized to the largest side at which GD fits PatchGD's batch
+  under the same budget (``altplan.downscaled_side_for``): it carries the PatchGD row's patch settings
+  only so that the planner can find that batch; it trains no patches.
+
+The paper has no numbers for them: their ``paper`` dict is empty and their label says so. A profile
+names the tables whose alternatives it trains (``Profile.beyond``).
+"""
+from __future__ import annotations
+
+from .paper import PAPER, Row, Table
+
+NOT_IN_PAPER = "not in the paper"
+PATCH_SETTINGS = ("patch_size", "sampling", "max_sampled", "grad_accum")
+
+
+def _alternatives(table: Table, gd_id: str, patchgd_id: str) -> tuple[Row, ...]:
+    gd, patchgd = table.row(gd_id), table.row(patchgd_id)
+    versus = {k: v for k, v in table.settings(patchgd).items() if k in PATCH_SETTINGS}
+    suffix = gd_id.removeprefix("gd")
+    return (Row(f"gd-checkpoint{suffix}", f"GD-checkpoint ({NOT_IN_PAPER})",
+                {**gd.settings, "method": "gd-checkpoint"}, {}),
+            Row(f"gd-downscaled{suffix}", f"GD-downscaled ({NOT_IN_PAPER})",
+                {**gd.settings, **versus, "method": "gd-downscaled"}, {}))
+
+
+def _ultramnist(name: str) -> tuple[Row, ...]:
+    return tuple(row for budget in ("16gb", "4gb")
+                 for row in _alternatives(PAPER[name], f"gd_{budget}", f"patchgd_{budget}"))
+
+
+BEYOND: dict[str, tuple[Row, ...]] = {
+    "table1": _ultramnist("table1"),
+    "table2": _ultramnist("table2"),
+    "table3": _alternatives(PAPER["table3"], "gd_2048", "patchgd_2048"),
+}
+
+
+def rows_of(table: Table, beyond: tuple[str, ...] = ()) -> tuple[Row, ...]:
+    """The paper's rows of `table`, then its rows not in the paper when its name is in `beyond`."""
+    return table.rows + (BEYOND.get(table.name, ()) if table.name in beyond else ())
+
+
+def is_beyond(row: Row) -> bool:
+    return not row.paper
