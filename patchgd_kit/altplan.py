@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import KitError
-from .memory import estimate_peak, parse_budget, plan, usable_bytes
+from .memory import BatchCannotTrain, estimate_peak, parse_budget, plan, usable_bytes
 from .models import backbone_of
 
 
@@ -40,3 +40,26 @@ def downscaled_side_for(backbone: str, image_size: int, budget: int | str, *, pa
         mid = (low + high + 1) // 2
         low, high = (mid, high) if peak(mid * stride) <= usable else (low, mid - 1)
     return DownscaledSide(low * stride, batch, peak(low * stride))
+
+
+def memory_by_side(backbone: str, sides: tuple[int, ...], *, amp: bool = False, batch_size: int = 1,
+                   patch_size: int = 256, sampling: float = 0.1, downscaled_side: int = 512,
+                   num_classes: int = 10) -> list[dict]:
+    """The estimated peak of one training step of every method at each image side (one row each):
+    GD and gd-checkpoint on the whole image, gd-downscaled at `downscaled_side` (its full-size input
+    still grows), PatchGD with patches of `patch_size` and `sampling` of them per inner iteration (k
+    and Z grow with the grid). A step that cannot run on one image is left out."""
+    rows = []
+    for side in sides:
+        k = max(1, int(sampling * (side // patch_size) ** 2 + 1e-9))
+        extra = {"gd": {}, "gd-checkpoint": {}, "gd-downscaled": {"input_side": min(downscaled_side, side)},
+                 "patchgd": {"patch_size": patch_size, "k": k}}
+        for method, args in extra.items():
+            try:
+                peak = estimate_peak(method, backbone, side, batch_size, amp=amp, num_classes=num_classes,
+                                     **args).peak_bytes
+            except BatchCannotTrain:  # e.g. a BatchNorm that sees one value per channel
+                continue
+            rows.append({"side": side, "method": method, "precision": "fp16" if amp else "fp32",
+                         "peak_bytes": peak})
+    return rows

@@ -350,3 +350,27 @@ def plot_resolutions(data, index: int = 0) -> Figure:
         ax.axis("off")
     fig.suptitle(f"{data.name}: test image {index}, label {split.labels[index]}")
     return fig
+
+
+METHOD_COLOURS = {"gd": "#1c7ed6", "gd-checkpoint": "#7048e8", "gd-downscaled": "#868e96", "patchgd": "#e8590c"}
+
+
+def plot_memory_by_side(rows: list[dict], budgets: tuple[str, ...] = ("4GB", "16GB", "24GB")) -> Figure:
+    """Estimated peak memory of one training step against the image side (altplan.memory_by_side's
+    rows), a line per method and precision (fp16 dashed), the budgets as horizontal lines."""
+    frame = pd.DataFrame(rows)
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for (method, precision), part in frame.groupby(["method", "precision"], sort=False):
+        ax.plot(part["side"], part["peak_bytes"] / 2**30, marker="o", color=METHOD_COLOURS.get(method),
+                linestyle="--" if precision == "fp16" else "-", label=f"{method} ({precision})")
+    for budget in budgets:
+        gib = float(budget.removesuffix("GB"))
+        ax.axhline(gib, color="black", linewidth=0.8, alpha=0.5)
+        ax.annotate(f"{budget.replace('GB', ' GB')}", (frame["side"].min(), gib), fontsize=8,
+                    textcoords="offset points", xytext=(2, 2))
+    ax.set(xscale="log", yscale="log", xlabel="image side (px)", ylabel="estimated peak (GiB)",
+           title="One training step, estimated by the planner (not measured on a GPU)")
+    ax.set_xticks(sorted(frame["side"].unique()), [str(s) for s in sorted(frame["side"].unique())])
+    ax.legend(fontsize=7, ncol=2)
+    return fig
