@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -125,11 +126,12 @@ def digit_side(factor: float, image_size: int, min_side: int = MIN_DIGIT_SIDE) -
     return max(min_side, round(28 * factor * image_size / REFERENCE_SIZE))
 
 
-def upscale(digit: np.ndarray, side: int) -> np.ndarray:
-    """A 28 px digit at `side` px, nearest neighbour (the recipe's)."""
+def upscale(digit: np.ndarray, side: int, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+    """A 28 px digit at `side` px, nearest neighbour (the recipe's); `rows`/`cols` pick a region of
+    the result without making the rest (a digit on a gigapixel canvas is tens of thousands of px)."""
     # By index arithmetic: output pixel i copies the source pixel at its centre.
     idx = (2 * np.arange(side) + 1) * digit.shape[0] // (2 * side)
-    return digit[np.ix_(idx, idx)]
+    return digit[np.ix_(idx[rows], idx[cols])]
 
 
 def _place(rng: np.random.Generator, sides, image_size: int):
@@ -149,13 +151,17 @@ def _place(rng: np.random.Generator, sides, image_size: int):
     return boxes.tolist()
 
 
-def generate_image(rng: np.random.Generator, pool, label: int, image_size: int,
-                   scale_range: tuple[int, int] | None = None, min_digit_side: int = MIN_DIGIT_SIDE):
-    """One UltraMNIST image: (uint8 [S,S], digits list[int], boxes list[[x0,y0,x1,y1]]).
+class Layout(NamedTuple):
+    """An image's digits before any pixel is made: values, source digits (28 px), sides and boxes."""
+    digits: list[int]
+    sources: list[np.ndarray]
+    sides: list[int]
+    boxes: list[list[int]]  # [x0, y0, x1, y1], x1 and y1 exclusive
 
-    ``pool`` is (images [N,28,28], labels [N]) from load_digit_pools; ``scale_range`` restricts
-    the scale factors (see draw_scale_factors); ``min_digit_side`` floors the digit side (digit_side).
-    """
+
+def draw_layout(rng: np.random.Generator, pool, label: int, image_size: int,
+                scale_range: tuple[int, int] | None = None, min_digit_side: int = MIN_DIGIT_SIDE) -> Layout:
+    """The recipe's random draws for one image (see generate_image), in the recipe's order."""
     if label not in MULTISETS:
         raise KitError(f"label {label!r} is not a class; allowed: 0..{NUM_CLASSES - 1}")
     images, labels = pool
@@ -172,13 +178,32 @@ def generate_image(rng: np.random.Generator, pool, label: int, image_size: int,
                  for f in draw_scale_factors(rng, len(digits), scale_range)]
         boxes = _place(rng, sides, image_size)
         if boxes is not None:
-            break
-    else:
-        raise KitError(f"could not place {len(digits)} non-overlapping digits on a {image_size} px "
-                       f"image in {LAYOUT_RESTARTS} layouts of {PLACEMENT_TRIES} tries per digit; "
-                       f"use an image size of at least {MIN_IMAGE_SIZE}")
+            return Layout(digits, sources, sides, boxes)
+    raise KitError(f"could not place {len(digits)} non-overlapping digits on a {image_size} px "
+                   f"image in {LAYOUT_RESTARTS} layouts of {PLACEMENT_TRIES} tries per digit; "
+                   f"use an image size of at least {MIN_IMAGE_SIZE}")
+
+
+def paint(layout: Layout, y0: int, x0: int, height: int, width: int) -> np.ndarray:
+    """The region [y0:y0+height, x0:x0+width] of the image, uint8: only the digits that touch it are
+    drawn, and only their part inside it, so a tile of a gigapixel image costs a tile's memory."""
     # Pixels are added, then clipped, as the recipe says (with disjoint boxes the clip never bites).
-    canvas = np.zeros((image_size, image_size), np.uint16)
-    for digit, side, (x0, y0, x1, y1) in zip(sources, sides, boxes, strict=True):
-        canvas[y0:y1, x0:x1] += upscale(digit, side)
-    return np.minimum(canvas, 255).astype(np.uint8), digits, boxes
+    region = np.zeros((height, width), np.uint16)
+    for digit, side, (bx0, by0, bx1, by1) in zip(layout.sources, layout.sides, layout.boxes, strict=True):
+        top, bottom = max(by0, y0), min(by1, y0 + height)
+        left, right = max(bx0, x0), min(bx1, x0 + width)
+        if top < bottom and left < right:
+            region[top - y0:bottom - y0, left - x0:right - x0] += upscale(
+                digit, side, slice(top - by0, bottom - by0), slice(left - bx0, right - bx0))
+    return np.minimum(region, 255).astype(np.uint8)
+
+
+def generate_image(rng: np.random.Generator, pool, label: int, image_size: int,
+                   scale_range: tuple[int, int] | None = None, min_digit_side: int = MIN_DIGIT_SIDE):
+    """One UltraMNIST image: (uint8 [S,S], digits list[int], boxes list[[x0,y0,x1,y1]]).
+
+    ``pool`` is (images [N,28,28], labels [N]) from load_digit_pools; ``scale_range`` restricts
+    the scale factors (see draw_scale_factors); ``min_digit_side`` floors the digit side (digit_side).
+    """
+    layout = draw_layout(rng, pool, label, image_size, scale_range, min_digit_side)
+    return paint(layout, 0, 0, image_size, image_size), layout.digits, layout.boxes
