@@ -32,6 +32,7 @@ from .digits import (HALF_SIZE_PROB, LAYOUT_RESTARTS, MAX_IMAGE_SIZE, MIN_DIGIT_
                      SCALE_FACTORS, SCALE_WEIGHTS, SPLITS, generate_image, load_digit_pools)
 from .errors import KitError, check_int
 from .files import building, locked, write_json
+from .tiled import normalize_uint8
 
 # Shrinking the canvas averages the source pixels under each target pixel (PIL's box filter): no
 # ringing at the white borders or on the stand-in's black background.
@@ -204,19 +205,6 @@ def ensure_dataset(root, image_size: int, per_class_train: int, per_class_test: 
 
 
 # --- reading it back -----------------------------------------------------------------------------
-
-def normalize_uint8(images: torch.Tensor, mean=(MNIST_MEAN,), std=(MNIST_STD,)) -> torch.Tensor:
-    """uint8 → float32 (..., 3, H, W): /255, then per channel (x - mean) / std. One mean (the
-    default: MNIST's) means grey images (..., H, W), copied to 3 channels (the ImageNet backbones
-    take RGB); three means RGB images (..., H, W, 3). Works on any device, so a training loop can
-    keep the uint8 images on the GPU and normalise there."""
-    x = images.float() / 255
-    if len(mean) == 1:
-        x = ((x - mean[0]) / std[0]).unsqueeze(-3)
-        return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous()
-    stats = torch.tensor([mean, std], device=images.device)
-    return ((x - stats[0]) / stats[1]).movedim(-1, -3).contiguous()
-
 
 CACHE_LIMIT_BYTES = 4 * 2**30  # cache=None keeps a split's decoded images in memory up to this size
 

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from .data import SHRINK, SPLITS, csv_text, kit_version, save_png
 from .errors import KitError, check_int
 from .files import write_json, write_text
+from .tiled import pyramid
 
 PANDA_COLUMNS = ("image_id", "data_provider", "isup_grade", "gleason_score")
 PANDA_CLASSES = 6  # ISUP grade groups 0-5
@@ -73,13 +74,6 @@ def read_train_csv(root) -> list[dict]:
     return rows
 
 
-def _pyramid(tif) -> list:
-    """The slide's levels, finest first. A pyramid series has them as levels; PANDA's files store
-    one page per level, which tifffile reads as one series each."""
-    levels = tif.series[0].levels if len(tif.series[0].levels) > 1 else tif.series
-    return sorted(levels, key=lambda s: s.shape[0] * s.shape[1], reverse=True)
-
-
 def slide_level_shapes(path) -> list[tuple[int, ...]]:
     """The shape (H, W, C) of every level of a slide, level 0 (the finest) first."""
     return _read(path, lambda levels: [tuple(s.shape) for s in levels])
@@ -104,7 +98,7 @@ def _read(path, use):
         raise KitError(f"slide {path.name} is missing: no file {path}")
     try:
         with tifffile.TiffFile(path) as tif:
-            return use(_pyramid(tif))
+            return use(pyramid(tif))
     except KitError:
         raise
     except Exception as e:  # tifffile and the codecs raise many types for a damaged file

@@ -1,7 +1,10 @@
 """Patch grids and patch sampling (the paper's p, m×n, k and ζ).
 
 Patches are views into the image tensor, never a Python loop over cells: an image (B, C, H, W) is
-reshaped to (B, m, n, C, p, p) and cells are picked with tensor indexing.
+reshaped to (B, m, n, C, p, p) and cells are picked with tensor indexing. A lazily read batch (a
+gigapixel image left in its tiled TIFF, ``tiled.LazyBatch``) is read at the same cells instead:
+``read_patches`` is the one place that tells the two apart, so the fill of Z and Algorithm 1 run the
+same code on both.
 """
 from __future__ import annotations
 
@@ -65,13 +68,22 @@ def patch_view(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return grid.reshape(b, m * n, c, p, p)
 
 
-def gather_patches(images: torch.Tensor, patch_size: int, cells: torch.Tensor) -> torch.Tensor:
-    """The patches at `cells` (B, k) of every image, as one batch (B·k, C, p, p)."""
-    grid = patch_grid(images, patch_size)
-    n = grid.shape[2]
-    rows = torch.arange(images.shape[0], device=images.device).unsqueeze(1)
-    picked = grid[rows, cells // n, cells % n]  # (B, k, C, p, p): advanced indexing copies only the picked cells
-    return picked.flatten(0, 1)
+def read_patches(images, patch_size: int, image: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Patch x_ab of images[image] for each (image, a, b) index, as one batch (len, C, p, p).
+
+    `images` is a tensor (B, C, H, W), indexed as a view (advanced indexing copies only the picked
+    cells), or a lazy batch: any object with `.shape` (B, C, H, W), `.device` and
+    `.patches(image, a, b, patch_size)` that reads just those patches (``tiled.LazyBatch``)."""
+    if isinstance(images, torch.Tensor):
+        return patch_grid(images, patch_size)[image, a, b]
+    return images.patches(image, a, b, patch_size)
+
+
+def gather_patches(images, patch_size: int, cells: torch.Tensor) -> torch.Tensor:
+    """The patches at `cells` (B, k) of every image (a tensor or a lazy batch), as one batch (B·k, C, p, p)."""
+    n = images.shape[3] // patch_size
+    rows = torch.arange(images.shape[0], device=cells.device).unsqueeze(1).expand_as(cells)
+    return read_patches(images, patch_size, rows.flatten(), (cells // n).flatten(), (cells % n).flatten())
 
 
 def sample_schedule(batch_size: int, num_cells: int, k: int, zeta: int,

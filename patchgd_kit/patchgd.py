@@ -13,40 +13,41 @@ import torch
 from torch import nn
 
 from .gd import autocast, backward, optimizer_step
-from .patches import gather_patches, patch_grid, sample_schedule
+from .patches import gather_patches, read_patches, sample_schedule
 
 
 @torch.no_grad()
-def fill_z(backbone: nn.Module, images: torch.Tensor, patch_size: int, *, chunk: int = 256,
+def fill_z(backbone: nn.Module, images, patch_size: int, *, chunk: int = 256,
            amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Algorithm 2: every patch x_ab through f_θ1 without gradient, written to Z[:, :, a, b].
 
-    Patches go through the backbone `chunk` at a time, so memory stays bounded for any image size.
-    Returns Z (B, s, m, n) in fp32.
+    `images` is a tensor (B, C, M, N) or a lazy batch (``patches.read_patches``). Patches are read and
+    go through the backbone `chunk` at a time, so memory stays bounded for any image size. Returns
+    Z (B, s, m, n) in fp32.
     """
     b, _, h, w = images.shape
     m, n = h // patch_size, w // patch_size
-    grid = patch_grid(images, patch_size)  # (B, m, n, C, p, p), a view
     cell = torch.arange(b * m * n, device=images.device)
     outputs = []
     with autocast(images.device, amp_dtype):
         for start in range(0, b * m * n, chunk):
-            # Index the view per chunk: flattening B with the cells would copy every image at once.
+            # Per chunk: flattening B with the cells would copy (or read) every image at once.
             idx = cell[start:start + chunk]
             image, ab = idx // (m * n), idx % (m * n)
-            outputs.append(backbone(grid[image, ab // n, ab % n]).float())
+            outputs.append(backbone(read_patches(images, patch_size, image, ab // n, ab % n)).float())
     z = torch.cat(outputs)  # (B·m·n, s), cell order a·n + b within each image
     return z.view(b, m * n, -1).transpose(1, 2).reshape(b, -1, m, n)
 
 
-def train_batch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+def train_batch(model: nn.Module, images, labels: torch.Tensor,
                 optimizer: torch.optim.Optimizer, *, k: int, inner_iterations: int, grad_accum: int,
                 generator: torch.Generator | None = None, fill_chunk: int = 256,
                 amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
                 through: Callable | None = None, defer_sync: Callable | None = None,
                 share: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, int]:
     """Algorithm 1 on one batch. Returns (mean loss over the inner iterations, a detached tensor;
-    optimizer steps).
+    optimizer steps). `images`: a tensor (B, C, M, N) or a lazy batch, whose fill reads every patch
+    chunk by chunk and whose inner iterations read only their k sampled patches per image.
 
     `model` has `.backbone` (f_θ1), `.head` (g_θ2) and `.patch_size`. An optimizer step follows
     every ε = `grad_accum` inner iterations with the gradients averaged over them; when ε does not
@@ -96,7 +97,7 @@ def train_batch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, *, fill_chunk: int = 256,
+def predict(model: nn.Module, images, *, fill_chunk: int = 256,
             amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Inference: g_θ2(fill(X))."""
     z = fill_z(model.backbone, images, model.patch_size, chunk=fill_chunk, amp_dtype=amp_dtype)
