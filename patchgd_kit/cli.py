@@ -75,6 +75,11 @@ def add_generate(p) -> None:
     p.add_argument("--root", default=None, help="torchvision MNIST folder (with --source torchvision)")
     p.add_argument("--download", action="store_true", help="let torchvision download MNIST into --root")
     p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+    p.add_argument("--tiled", action="store_true",
+                   help="write tiled TIFFs painted tile by tile (gigapixel sides, up to 131072; PatchGD reads them "
+                        "a patch at a time) instead of PNGs")
+    p.add_argument("--tile", type=int, default=256, help="tile side in px with --tiled (a multiple of 16 dividing the "
+                                                         "image side; default 256)")
 
 
 def run_generate(args) -> None:
@@ -82,7 +87,8 @@ def run_generate(args) -> None:
     splits = ["train", "test"] if args.split == "both" else [args.split]
     for split in splits:
         path = generate_split(args.out, split, args.per_class, args.image_size, args.seed, source=args.source,
-                              root=args.root, download=args.download, workers=args.workers)
+                              root=args.root, download=args.download, workers=args.workers,
+                              tile=args.tile if args.tiled else None)
         print(f"{split}: {path}")
 
 

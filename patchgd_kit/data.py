@@ -4,11 +4,13 @@ the Dataset that reads it (and every other dataset in the kit's format).
 The same seed gives the same bytes (each image has its own
 random stream derived from (seed, split, index), so the worker count and order do not matter).
 
-On disk a split is ``<out>/<split>/`` with ``images/NNNNNN.png`` (grey, 8 bit), ``manifest.csv``
+On disk a split is ``<out>/<split>/`` with ``images/NNNNNN.png`` (grey, 8 bit; with ``tile``:
+``images/NNNNNN.tif``, tiled TIFFs painted tile by tile, for gigapixel sides), ``manifest.csv``
 (image, label, digits, boxes) and ``card.json`` (the parameters). It is written into a temporary
 sibling folder and renamed at the end: a split folder either is complete or does not exist.
 
-The Dataset reads any split in this format. Other datasets (PANDA, patchgd_kit/panda.py) store RGB
+The Dataset reads any split in this format; a tiled split's items are ``tiled.TiledImage`` handles,
+read a patch at a time by PatchGD (``tiled.collate`` batches them). Other datasets (PANDA, patchgd_kit/panda.py) store RGB
 images and say so in their card: ``num_classes`` and ``normalization`` ({"mean": [r, g, b],
 "std": [r, g, b]}); a card without them is UltraMNIST's (10 classes, grey, MNIST mean/std).
 """
@@ -27,12 +29,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .digits import (HALF_SIZE_PROB, LAYOUT_RESTARTS, MAX_IMAGE_SIZE, MIN_DIGIT_SIDE,
+from .digits import (HALF_SIZE_PROB, LAYOUT_RESTARTS, MAX_IMAGE_SIZE, MAX_TILED_IMAGE_SIZE, MIN_DIGIT_SIDE,
                      MIN_IMAGE_SIZE, MNIST_MEAN, MNIST_STD, NUM_CLASSES, PLACEMENT_TRIES, RECIPE_VERSION, REFERENCE_SIZE,
-                     SCALE_FACTORS, SCALE_WEIGHTS, SPLITS, generate_image, load_digit_pools)
+                     SCALE_FACTORS, SCALE_WEIGHTS, SPLITS, draw_layout, generate_image, load_digit_pools, paint)
 from .errors import KitError, check_int
 from .files import building, locked, write_json
-from .tiled import normalize_uint8
+from .tiled import TiledImage, normalize_uint8, write_tiled
 
 # Shrinking the canvas averages the source pixels under each target pixel (PIL's box filter): no
 # ringing at the white borders or on the stand-in's black background.
@@ -52,9 +54,10 @@ def kit_version() -> str:
 _worker = {}
 
 
-def _init_worker(pool, folder: str, image_size: int, seed: int, split_id: int, min_digit_side: int) -> None:
+def _init_worker(pool, folder: str, image_size: int, seed: int, split_id: int, min_digit_side: int,
+                 tile: int | None) -> None:
     _worker.update(pool=pool, folder=Path(folder), image_size=image_size, seed=seed,
-                   split_id=split_id, min_digit_side=min_digit_side)
+                   split_id=split_id, min_digit_side=min_digit_side, tile=tile)
 
 
 def _write_one(index: int) -> dict:
@@ -63,12 +66,17 @@ def _write_one(index: int) -> dict:
     w = _worker
     rng = np.random.default_rng([w["seed"], w["split_id"], index])
     label = index % NUM_CLASSES
-    image, digits, boxes = generate_image(rng, w["pool"], label, w["image_size"],
-                                          min_digit_side=w["min_digit_side"])
-    name = f"images/{index:06d}.png"
-    # uint8 2-D arrays become grey ("L") PNGs; level 1 encodes ~1.6x faster than the default
-    # and still shrinks the mostly black images well.
-    Image.fromarray(image).save(w["folder"] / name, compress_level=1)
+    if w["tile"]:  # gigapixel: painted a tile at a time, the image never whole in memory
+        layout = draw_layout(rng, w["pool"], label, w["image_size"], min_digit_side=w["min_digit_side"])
+        digits, boxes, name = layout.digits, layout.boxes, f"images/{index:06d}.tif"
+        write_tiled(w["folder"] / name, w["image_size"], w["tile"], lambda *region: paint(layout, *region))
+    else:
+        image, digits, boxes = generate_image(rng, w["pool"], label, w["image_size"],
+                                              min_digit_side=w["min_digit_side"])
+        name = f"images/{index:06d}.png"
+        # uint8 2-D arrays become grey ("L") PNGs; level 1 encodes ~1.6x faster than the default
+        # and still shrinks the mostly black images well.
+        Image.fromarray(image).save(w["folder"] / name, compress_level=1)
     return {"image": name, "label": label, "digits": json.dumps(digits, separators=(",", ":")),
             "boxes": json.dumps(boxes, separators=(",", ":"))}
 
@@ -126,7 +134,7 @@ def _write_split(folder: Path, pool, params: dict, workers: int, progress: bool)
     (folder / "images").mkdir()
     total = params["per_class"] * NUM_CLASSES
     init_args = (pool, str(folder), params["image_size"], params["seed"], SPLITS.index(params["split"]),
-                 params.get("min_digit_side", MIN_DIGIT_SIDE))
+                 params.get("min_digit_side", MIN_DIGIT_SIDE), params.get("tile"))
     bar = dict(total=total, desc=f"UltraMNIST {params['split']} {params['image_size']}px", disable=not progress)
     if workers == 1:
         _init_worker(*init_args)
@@ -142,11 +150,13 @@ def _write_split(folder: Path, pool, params: dict, workers: int, progress: bool)
 
 def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: int,
                    source: str = "bundled", root=None, workers: int | None = None,
-                   progress: bool = True, download: bool = False, min_digit_side: int = MIN_DIGIT_SIDE) -> Path:
+                   progress: bool = True, download: bool = False, min_digit_side: int = MIN_DIGIT_SIDE,
+                   tile: int | None = None) -> Path:
     """Write ``out_dir/<split>/`` (per_class images of each class) and return its path.
 
     ``source``, ``root`` and ``download`` pick the digit pool (see load_digit_pools);
-    ``min_digit_side`` floors the digit side in px (the recipe: 4).
+    ``min_digit_side`` floors the digit side in px (the recipe: 4); ``tile`` (px) writes tiled TIFFs
+    painted tile by tile instead of PNGs, for sides up to MAX_TILED_IMAGE_SIZE.
 
     A complete split with the same parameters is kept as it is (a rerun skips what is done); one
     with other parameters is refused, never mixed. One process at a time makes a split (a second
@@ -155,7 +165,7 @@ def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: i
     if split not in SPLITS:
         raise KitError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     per_class = check_int("per_class", per_class, 1)
-    image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_TILED_IMAGE_SIZE if tile else MAX_IMAGE_SIZE)
     seed = check_int("seed", seed, 0)
     min_digit_side = check_int("min_digit_side", min_digit_side, MIN_DIGIT_SIDE)
     if min_digit_side > image_size // 3:
@@ -171,6 +181,8 @@ def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: i
               "source": source, "recipe_version": RECIPE_VERSION}
     if min_digit_side != MIN_DIGIT_SIDE:  # recorded only when set, so existing splits stay valid
         params["min_digit_side"] = min_digit_side
+    if tile is not None:
+        params["tile"] = check_int("tile", tile, 16, image_size)
     out_dir = Path(out_dir)
     final = out_dir / split
     if _existing_split(final, params):
@@ -237,7 +249,8 @@ class UltraMNIST(torch.utils.data.Dataset):
             raise KitError(f"{self.folder / 'manifest.csv'} lists {len(self.manifest)} images but card.json says "
                            f"{card['num_images']}; the split is damaged: delete it and make it again")
         self.labels = [row["label"] for row in self.manifest]
-        self.cache = (len(self.manifest) * np.prod(self.image_shape) <= CACHE_LIMIT_BYTES
+        self.tiled = "tile" in card.get("params", {})  # items are TiledImage handles, read a patch at a time
+        self.cache = (not self.tiled and len(self.manifest) * np.prod(self.image_shape) <= CACHE_LIMIT_BYTES
                       if cache is None else cache)
         self._images = [None] * len(self.manifest)
 
@@ -271,12 +284,22 @@ class UltraMNIST(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.manifest)
 
+    def tiled_image(self, i: int) -> TiledImage:
+        """Image i of a tiled split as a handle: nothing is read until a patch is asked for."""
+        image = TiledImage(self.folder / self.manifest[i]["image"], mean=self.mean, std=self.std)
+        if image.side != self.image_size:
+            raise KitError(f"{image.path} is {image.side} px but {self.folder / 'card.json'} says "
+                           f"{self.image_size}; the split is damaged: delete it and make it again")
+        return image
+
     def raw(self, i: int) -> np.ndarray:
         """The image as stored, uint8 (S, S) grey or (S, S, 3) RGB, for plots (do not modify: it
-        may be the cache)."""
+        may be the cache). A tiled image is read whole: only for sides that fit in memory."""
         if self._images[i] is not None:
             return self._images[i]
         path = self.folder / self.manifest[i]["image"]
+        if self.tiled:
+            return self.tiled_image(i).region(0, 0, self.image_size, self.image_size)
         try:
             with Image.open(path) as im:
                 image = np.array(im)
@@ -293,6 +316,8 @@ class UltraMNIST(torch.utils.data.Dataset):
         return image
 
     def __getitem__(self, i: int):
+        if self.tiled:
+            return self.tiled_image(i), self.labels[i]
         return normalize_uint8(torch.from_numpy(self.raw(i)), self.mean, self.std), self.labels[i]
 
     def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:

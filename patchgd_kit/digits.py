@@ -28,6 +28,7 @@ REFERENCE_SIZE = 512  # the paper's image side; digit sides scale by image_size 
 MIN_DIGIT_SIDE = 4  # below this a digit is unreadable at any image size
 MIN_IMAGE_SIZE = 32  # on smaller canvases 3-5 disjoint digits of >= 4 px often do not fit
 MAX_IMAGE_SIZE = 16384  # one image's canvas is then 512 MiB; larger ones exhaust the memory
+MAX_TILED_IMAGE_SIZE = 131072  # painted a tile at a time (data's tiled splits): 17 gigapixels, a 2^18-tile index
 PLACEMENT_TRIES = 100  # random positions tried for one digit before giving up on the layout
 LAYOUT_RESTARTS = 100  # new scales drawn for the whole image before failing
 RECIPE_VERSION = 1  # bump when a change alters the bytes; a card with another version is refused

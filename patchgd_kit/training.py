@@ -26,11 +26,12 @@ from tqdm.auto import tqdm
 from . import distributed
 from .config import TrainConfig, autocast_dtype, resolve_device, use_channels_last, validate_device
 from .data import UltraMNIST
+from .tiled import collate
 from .distributed import Processes
 from .errors import KitError
 from .files import locked, write_json
 from .memory import Plan, limit_cuda_memory, out_of_memory_error, plan_for_config
-from .methods import StepSettings, build_model, method_of
+from .methods import StepSettings, build_model, method_of, uses_patches
 from .models import trunk_of
 from .runfolder import (CHECKPOINT, claim_run_folder, finished_result, load_checkpoint, note, rng_state,
                         save_checkpoint, save_finished, set_rng_state, write_metrics)
@@ -63,6 +64,9 @@ def _check_data(dataset: UltraMNIST, config: TrainConfig) -> None:
     if dataset.image_size != config.image_size:
         raise KitError(f"data in {root} has images of {dataset.image_size} px but the image size is "
                        f"{config.image_size}; regenerate the data or pass --image-size {dataset.image_size}")
+    if dataset.tiled and not uses_patches(config.method):
+        raise KitError(f"data in {root} is tiled (images read a patch at a time) and {config.method} needs whole "
+                       "images; allowed: --method patchgd, or data generated without --tiled")
     if dataset.num_classes != config.num_classes:  # the Dataset has checked every label against its own
         raise KitError(f"data in {root} has {dataset.num_classes} classes but num_classes is "
                        f"{config.num_classes}; pass --num-classes {dataset.num_classes}")
@@ -78,7 +82,7 @@ def load_datasets(config: TrainConfig) -> tuple[UltraMNIST, UltraMNIST]:
 def _batches(dataset, indices: list[int], batch_size: int, workers: int):
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-        num_workers=workers, drop_last=False)
+        num_workers=workers, drop_last=False, collate_fn=collate)
     return loader
 
 
