@@ -34,7 +34,7 @@ from .digits import (HALF_SIZE_PROB, LAYOUT_RESTARTS, MAX_IMAGE_SIZE, MAX_TILED_
                      SCALE_FACTORS, SCALE_WEIGHTS, SPLITS, draw_layout, generate_image, load_digit_pools, paint)
 from .errors import KitError, check_int
 from .files import building, locked, write_json
-from .tiled import TiledImage, normalize_uint8, write_tiled
+from .tiled import TiledImage, check_tile, normalize_uint8, write_tiled
 
 # Shrinking the canvas averages the source pixels under each target pixel (PIL's box filter): no
 # ringing at the white borders or on the stand-in's black background.
@@ -182,7 +182,7 @@ def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: i
     if min_digit_side != MIN_DIGIT_SIDE:  # recorded only when set, so existing splits stay valid
         params["min_digit_side"] = min_digit_side
     if tile is not None:
-        params["tile"] = check_int("tile", tile, 16, image_size)
+        params["tile"] = check_tile(image_size, tile)
     out_dir = Path(out_dir)
     final = out_dir / split
     if _existing_split(final, params):

@@ -2,12 +2,11 @@
 the image (PatchGD's promise, issue #16).
 
 - ``TiledImage``: a handle on one level of a tiled TIFF. ``region`` reads any rectangle by decoding
-  only the tiles it touches; ``patches`` returns patches x_ab normalised (float32, 3 channels) as they
-  are read. On disk the image stays uint8. A square canvas of side ``side`` may frame a page of
+  only the tiles it touches. On disk and as read the image stays uint8. A square canvas of side ``side`` may frame a page of
   another shape (a PANDA slide): the page is centred, cropped or padded with ``fill``.
 - ``LazyBatch``: B such handles behaving, for PatchGD, as a (B, 3, S, S) batch: ``.shape``,
   ``.device``, ``.to(device)`` and ``patches(image, a, b, p)``, the one method ``patches.read_patches``
-  calls. ``collate`` makes one from Dataset items (and leaves tensor items to PyTorch's collate).
+  calls: patches x_ab normalised (float32, 3 channels) as they are read. ``collate`` makes one from Dataset items (and leaves tensor items to PyTorch's collate).
 - ``write_tiled``: a tiled TIFF written tile by tile from a function that paints one tile, so the
   writer never holds the image; written to a temporary file and renamed (complete or absent).
 
@@ -20,7 +19,7 @@ to size, and a damaged tile is caught at the tile that is read, naming it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -152,22 +151,15 @@ class TiledImage:
                     tile[ty0 - row * th:ty1 - row * th, tx0 - col * tw:tx1 - col * tw, :channels]
         return out[:, :, 0] if channels == 1 else out
 
-    def patches(self, cells: Iterable[tuple[int, int]], patch_size: int) -> torch.Tensor:
-        """Patches x_ab at the (a, b) cells, normalised: float32 (len, 3, p, p)."""
-        if self.side % patch_size:
-            raise KitError(f"{self.path}: image side {self.side} is not a multiple of the patch size {patch_size}; "
-                           f"allowed: a patch size that divides {self.side}")
-        raw = np.stack([self.region(a * patch_size, b * patch_size, patch_size, patch_size) for a, b in cells])
-        return normalize_uint8(torch.from_numpy(raw), self.mean, self.std)
-
-
 class LazyBatch:
-    """B TiledImages of one side, standing in for a (B, 3, S, S) tensor where PatchGD reads patches."""
+    """B TiledImages of one side and one normalisation, standing in for a (B, 3, S, S) tensor where
+    PatchGD reads patches."""
 
     def __init__(self, images: list[TiledImage], device: torch.device | str = "cpu"):
-        sides = {image.side for image in images}
-        if len(sides) != 1:
-            raise KitError(f"a batch needs images of one side; these have sides {sorted(sides)}")
+        kinds = {(image.side, image.mean, image.std) for image in images}
+        if len(kinds) != 1:
+            raise KitError(f"a batch needs images of one side and normalisation; these have (side, mean, std) "
+                           f"{sorted(kinds)}")
         self.images, self.device = images, torch.device(device)
         self.shape = torch.Size((len(images), *images[0].shape))
 
@@ -176,14 +168,15 @@ class LazyBatch:
         return LazyBatch(self.images, device)
 
     def patches(self, image: torch.Tensor, a: torch.Tensor, b: torch.Tensor, patch_size: int) -> torch.Tensor:
-        """Patch x_ab of images[image] for each (image, a, b), in that order: (len, 3, p, p) on the device."""
-        image, a, b = (t.tolist() for t in (image, a, b))
-        out = [None] * len(image)
-        for i in sorted(set(image)):  # one read call per image
-            at = [j for j, owner in enumerate(image) if owner == i]
-            for j, patch in zip(at, self.images[i].patches([(a[j], b[j]) for j in at], patch_size)):
-                out[j] = patch
-        return torch.stack(out).to(self.device, non_blocking=True)
+        """Patch x_ab of images[image] for each (image, a, b), normalised: float32 (len, 3, p, p) on the device."""
+        first = self.images[0]
+        if first.side % patch_size:
+            raise KitError(f"{first.path}: image side {first.side} is not a multiple of the patch size "
+                           f"{patch_size}; allowed: a patch size that divides {first.side}")
+        raw = np.stack([self.images[i].region(y * patch_size, x * patch_size, patch_size, patch_size)
+                        for i, y, x in zip(image.tolist(), a.tolist(), b.tolist(), strict=True)])
+        # Normalised once per read, as uint8 on the device: the float copy is made where it is used.
+        return normalize_uint8(torch.from_numpy(raw).to(self.device, non_blocking=True), first.mean, first.std)
 
 
 def collate(items: list):
@@ -193,13 +186,19 @@ def collate(items: list):
     return torch.utils.data.default_collate(items)
 
 
+def check_tile(side: int, tile) -> int:
+    """A tile side for a side × side image: a multiple of 16 (TIFF's rule) that divides the side."""
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < TILE_MULTIPLE or tile % TILE_MULTIPLE or side % tile:
+        raise KitError(f"tile side {tile!r} is not allowed for a {side} px image; allowed: a multiple of "
+                       f"{TILE_MULTIPLE} that divides {side}")
+    return tile
+
+
 def write_tiled(path, side: int, tile: int, paint: Callable[[int, int, int, int], np.ndarray]) -> None:
     """A grey uint8 side × side tiled TIFF (deflate) at `path`; `paint(y0, x0, h, w)` gives each tile,
     so the image is never whole in memory. Same tiles, same bytes: no date or software tag."""
     import tifffile
-    if tile % TILE_MULTIPLE or tile < TILE_MULTIPLE or side % tile:
-        raise KitError(f"tile side {tile} is not allowed for a {side} px image; allowed: a multiple of "
-                       f"{TILE_MULTIPLE} that divides {side}")
+    check_tile(side, tile)
     tiles = (paint(y, x, tile, tile) for y in range(0, side, tile) for x in range(0, side, tile))
     atomic_write(Path(path), lambda tmp: tifffile.imwrite(
         tmp, tiles, shape=(side, side), dtype=np.uint8, tile=(tile, tile), compression="zlib",
