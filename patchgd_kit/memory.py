@@ -28,9 +28,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import os
 import re
+import resource
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -40,6 +47,9 @@ from .errors import KitError
 from .livebytes import LiveBytes, fake_mode
 from .methods import StepSettings, build_model, method_of, uses_patches
 from .patches import grid_shape, patches_per_iteration
+from . import patchgd
+from .patchgd import fill_z
+from .tiled import LazyBatch, TiledImage, normalize_uint8
 
 GiB = 2**30
 CUDA_CONTEXT_BYTES = 512 * 2**20  # 0.3-0.5 GB on current GPUs, outside the caching allocator
@@ -102,6 +112,7 @@ class Step:
     inner_iterations: int  # 1, or 2 with gradient accumulation (ε ≥ 2)
     fill_chunk: int
     input_side: int | None = None  # gd-downscaled: the side the step resizes images to
+    lazy: bool = False  # PatchGD on a tiled image read a patch at a time: the image is not an input
 
     @property
     def model_args(self) -> tuple:
@@ -109,9 +120,27 @@ class Step:
         return self.method, self.backbone, self.num_classes, self.image_size, self.patch_size
 
 
-def step_inputs(step: Step) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.randn(step.batch_size, 3, step.image_size, step.image_size),
-            torch.zeros(step.batch_size, dtype=torch.long))
+class MadePatches:
+    """The planner's lazy batch (``patches.read_patches``): patches are made as they are asked for, as a
+    tiled image's are read, so the step holds Z, the patches in flight and their work, never the image."""
+
+    def __init__(self, batch_size: int, image_size: int):
+        self.shape = torch.Size((batch_size, 3, image_size, image_size))
+        self.device = torch.device("cpu")
+
+    def patches(self, image: torch.Tensor, a: torch.Tensor, b: torch.Tensor, patch_size: int) -> torch.Tensor:
+        return torch.randn(len(image), 3, patch_size, patch_size)
+
+
+def step_inputs(step: Step) -> tuple[torch.Tensor | MadePatches, torch.Tensor]:
+    images = (MadePatches(step.batch_size, step.image_size) if step.lazy
+              else torch.randn(step.batch_size, 3, step.image_size, step.image_size))
+    return images, torch.zeros(step.batch_size, dtype=torch.long)
+
+
+def _tensors(*values) -> list[torch.Tensor]:
+    """The tensors among a step's inputs (a lazy batch holds none)."""
+    return [v for v in values if isinstance(v, torch.Tensor)]
 
 
 def run_step(step: Step, model, optimizer, images, labels, amp_dtype) -> None:
@@ -138,7 +167,7 @@ def step_peak(step: Step, model, optimizer) -> int:
     images, labels = step_inputs(step)
     optimizer.zero_grad(set_to_none=True)  # an estimate that failed midway may have left gradients
     state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-    with LiveBytes(*model.parameters(), *model.buffers(), *state, images, labels) as live:
+    with LiveBytes(*model.parameters(), *model.buffers(), *state, *_tensors(images, labels)) as live:
         run_step(step, model, optimizer, images, labels, torch.float16 if step.amp else None)
     return live.peak
 
@@ -168,7 +197,7 @@ def _saved_tensor_peak(step: Step) -> int:
         images, labels = step_inputs(step)
         # Storages by id (views share one); the dicts hold them, so no id is reused.
         persistent = {id(s): s for s in (t.untyped_storage() for t in (*model.parameters(), *model.buffers(),
-                                                                        images, labels))}
+                                                                        *_tensors(images, labels)))}
         saved = {}
 
         def pack(t: torch.Tensor) -> torch.Tensor:
@@ -228,11 +257,15 @@ def _check_patchgd(image_size: int, patch_size: int | None, k: int | None) -> in
 
 def estimate_peak(method: str, backbone: str, image_size: int, batch_size: int, *, patch_size: int | None = None,
                   k: int | None = None, amp: bool = False, num_classes: int = 10, grad_accum: int = 1,
-                  fill_chunk: int = 256, input_side: int | None = None) -> Estimate:
+                  fill_chunk: int = 256, input_side: int | None = None, lazy: bool = False) -> Estimate:
     """Estimated peak GPU memory (bytes allocated) of one training step: forward, backward and the
     Adam step; for PatchGD the fill of Z and an inner iteration of `k` patches per image. `amp`:
-    fp16 autocast. Cached in-process; the first estimate of a step takes about 0.5-5 s on a CPU."""
+    fp16 autocast. `lazy`: PatchGD on images read a patch at a time (``tiled``), so the image itself
+    is not in memory: Z, the patches in flight and the per-patch work only. Cached in-process; the
+    first estimate of a step takes about 0.5-5 s on a CPU."""
     patches = uses_patches(method)
+    if lazy and not patches:
+        raise KitError(f"{method} needs whole images; lazy (images read a patch at a time) applies to patchgd only")
     if patches:
         _check_patchgd(image_size, patch_size, k)
         if k is None:
@@ -246,10 +279,74 @@ def estimate_peak(method: str, backbone: str, image_size: int, batch_size: int, 
     # Only ε ≥ 2 changes the peak (gradients stay alive into the next inner iteration), not its size.
     inner = 2 if patches and grad_accum >= 2 else 1
     result = _estimate(Step(method, backbone, image_size, batch_size, patch_size, k, bool(amp), num_classes,
-                             inner, fill_chunk, input_side))
+                             inner, fill_chunk, input_side, bool(lazy)))
     if isinstance(result, BatchCannotTrain):
         raise result
     return result
+
+
+# ---- measured ---------------------------------------------------------------------------------
+
+def measure_step(image, backbone: str, *, patch_size: int, k: int, inner_iterations: int = 1, batch_size: int = 1,
+                 lazy: bool = True, device: str = "cpu", fill_chunk: int = 256) -> dict:
+    """One PatchGD training step on the tiled TIFF `image` (the same image `batch_size` times), run in a
+    fresh process so that its peak is its own. Returns {"peak_bytes", "baseline_bytes", "memory",
+    "fill_seconds" (the batch's fill of Z), "batch_seconds" (the whole batch, fill included)}: on a CPU
+    the peak resident set (RSS, the whole process: Python, torch, the model) and the baseline before
+    the step; on CUDA the peak allocated and the allocated before. `lazy` False reads the image whole
+    into a float tensor first, as an in-memory dataset does."""
+    spec = dict(image=str(image), backbone=backbone, patch_size=patch_size, k=k, inner_iterations=inner_iterations,
+                batch_size=batch_size, lazy=lazy, device=device, fill_chunk=fill_chunk)
+    kit_parent = str(Path(__file__).resolve().parents[1])  # the child imports this kit, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (kit_parent, os.environ.get("PYTHONPATH"))))}
+    out = subprocess.run([sys.executable, "-c", f"from patchgd_kit.memory import _measure_here; _measure_here({spec!r})"],
+                         capture_output=True, text=True, env=env)
+    if out.returncode:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise KitError(f"the measured step on {image} failed (exit {out.returncode}): {last}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _memory_now(device: torch.device, peak: bool) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) if peak else torch.cuda.memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB; the high-water mark
+
+
+def _measure_here(spec: dict) -> None:
+    """measure_step's child: prints one JSON line."""
+    device = torch.device(spec["device"])
+    image = TiledImage(spec["image"])
+    p, b = spec["patch_size"], spec["batch_size"]
+    model = build_model("patchgd", spec["backbone"], 10, image.side, p).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), 1e-4)
+    images = LazyBatch([image] * b).to(device)
+    if not spec["lazy"]:
+        whole = normalize_uint8(torch.from_numpy(image.region(0, 0, image.side, image.side)), image.mean, image.std)
+        images = whole.to(device).expand(b, *whole.shape).contiguous()
+    labels = torch.zeros(b, dtype=torch.long, device=device)
+    baseline = _memory_now(device, peak=False)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    # The batch's own fill, timed where train_batch calls it: a second fill only to time it would
+    # double the cost (on a CPU one fill of an 8,192 px image takes minutes).
+    fill_seconds = []
+
+    def timed_fill(*args, **kwargs):
+        start = time.perf_counter()
+        z = fill_z(*args, **kwargs)
+        _memory_now(device, peak=True)  # waits for the GPU
+        fill_seconds.append(time.perf_counter() - start)
+        return z
+    patchgd.fill_z = timed_fill
+    start = time.perf_counter()
+    settings = StepSettings(k=spec["k"], inner_iterations=spec["inner_iterations"], fill_chunk=spec["fill_chunk"])
+    method_of("patchgd").train_batch(model, images, labels, optimizer, settings)
+    peak = _memory_now(device, peak=True)
+    print(json.dumps({"peak_bytes": peak, "baseline_bytes": baseline,
+                      "memory": "CUDA peak allocated" if device.type == "cuda" else "peak RSS",
+                      "fill_seconds": fill_seconds[0], "batch_seconds": time.perf_counter() - start}))
 
 
 # ---- planning ----------------------------------------------------------------------------------
@@ -321,7 +418,8 @@ def _largest_fitting(peak_at: Callable[[int], int], usable: int, lowest: int,
 
 def plan(method: str, backbone: str, image_size: int, budget: int | str, *, patch_size: int | None = None,
          sampling: float | None = None, batch_size: int | None = None, amp: bool = False,
-         num_classes: int = 10, grad_accum: int = 1, fill_chunk: int = 256, input_side: int | None = None) -> Plan:
+         num_classes: int = 10, grad_accum: int = 1, fill_chunk: int = 256, input_side: int | None = None,
+         lazy: bool = False) -> Plan:
     """The largest batch that fits `budget`; for PatchGD at k = floor(sampling · m·n). For PatchGD
     with a `batch_size` and no `sampling`: the largest k for that batch. With both (or GD with a
     batch size): check that the configuration fits, and refuse it, naming both numbers, if not."""
@@ -332,7 +430,8 @@ def plan(method: str, backbone: str, image_size: int, budget: int | str, *, patc
         raise KitError("PatchGD planning needs a sampling fraction (to plan the batch) or a batch size (to plan k)")
     k = patches_per_iteration(sampling, cells) if cells and sampling is not None else None
     planned = "batch_size" if batch_size is None else "k" if cells and k is None else ""
-    common = dict(amp=amp, num_classes=num_classes, grad_accum=grad_accum, fill_chunk=fill_chunk, input_side=input_side)
+    common = dict(amp=amp, num_classes=num_classes, grad_accum=grad_accum, fill_chunk=fill_chunk, input_side=input_side,
+                  lazy=lazy)
     estimate = functools.partial(estimate_peak, method, backbone, image_size, patch_size=patch_size, **common)
     peak_at = {"batch_size": lambda b: estimate(b, k=k).peak_bytes,
                "k": lambda kk: estimate(batch_size, k=kk).peak_bytes,

@@ -12,7 +12,7 @@ import tifffile
 import torch
 from test_patchgd import RecordingOptimizer, TinyPatchGD
 
-from patchgd_kit import cli, patchgd
+from patchgd_kit import cli, memory, patchgd
 from patchgd_kit.data import UltraMNIST, generate_split, normalize_uint8
 from patchgd_kit.digits import MNIST_MEAN, MNIST_STD, draw_layout, load_digit_pools, paint
 from patchgd_kit.errors import KitError
@@ -183,3 +183,14 @@ def test_a_tiled_image_keeps_its_normalisation(tmp_path):
     expected = normalize_uint8(torch.from_numpy(pixels[32:, :32]), (0.5,), (0.25,))
     assert torch.equal(patch, expected) and (MNIST_MEAN, MNIST_STD) != (0.5, 0.25)
     assert json.dumps(image.shape) == "[3, 64, 64]"
+
+
+def test_the_planner_leaves_a_lazily_read_image_out_of_the_step():
+    def peak(side, lazy):
+        return memory.estimate_peak("patchgd", "mobilenet_v2", side, 2, patch_size=256, k=1, fill_chunk=4,
+                                    lazy=lazy).peak_bytes
+    dense_growth = 3 * (1024**2 - 512**2) * 4 * 2  # two fp32 RGB images of 1,024 px instead of 512
+    assert peak(1024, False) - peak(512, False) >= dense_growth
+    assert abs(peak(1024, True) - peak(512, True)) < 2**20  # Z and the schedule: kilobytes
+    with pytest.raises(KitError, match="gd needs whole images"):
+        memory.estimate_peak("gd", "mobilenet_v2", 512, 2, lazy=True)
