@@ -6,6 +6,13 @@ Reads ``<root>/train.csv`` and ``<root>/train_images/<image_id>.tiff``; writes
 ``<out>/<size>px/{train,test}/`` (images, manifest.csv, card.json) and ``<out>/skipped.csv``.
 Rerunning resumes (finished slides are skipped). Bad input prints one line on stderr and exits 2.
 The function is patchgd_kit.panda.preprocess_panda.
+
+Beyond the paper: ``--full-resolution SIDE`` writes ``<out>/{train,test}/`` whose images are the
+slides' level 0 framed on a white SIDE px square, read a patch at a time by PatchGD (no downscale,
+nothing copied; ``panda.full_resolution_dataset``):
+
+    python data_gen/panda.py --root /data/panda --out data/panda_full --full-resolution 32768
+    python -m patchgd_kit train --data data/panda_full --method patchgd --image-size 32768 --patch-size 256 ...
 """
 import argparse
 import sys
@@ -15,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from patchgd_kit.errors import KitError  # noqa: E402
-from patchgd_kit.panda import PAPER_SIZES, preprocess_panda  # noqa: E402
+from patchgd_kit.panda import PAPER_SIZES, full_resolution_dataset, preprocess_panda  # noqa: E402
 
 
 def _level(text: str):
@@ -44,8 +51,14 @@ def main(argv=None) -> int:
     parser.add_argument("--per-class-test", type=int, help="at most this many test slides per grade")
     parser.add_argument("--workers", type=int, help="processes (default: min(2, CPU count))")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--full-resolution", type=int, default=None, metavar="SIDE",
+                        help="beyond the paper: level 0 framed on a SIDE px square, read lazily (no --sizes)")
     args = parser.parse_args(argv)
     try:
+        if args.full_resolution is not None:
+            print(full_resolution_dataset(args.root, args.out, args.full_resolution, args.test_fraction, args.seed,
+                                          args.per_class_train, args.per_class_test))
+            return 0
         folders = preprocess_panda(args.root, args.out, args.sizes, args.level, args.test_fraction,
                                    args.seed, args.per_class_train, args.per_class_test,
                                    args.workers, not args.no_progress)

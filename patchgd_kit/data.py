@@ -249,7 +249,8 @@ class UltraMNIST(torch.utils.data.Dataset):
             raise KitError(f"{self.folder / 'manifest.csv'} lists {len(self.manifest)} images but card.json says "
                            f"{card['num_images']}; the split is damaged: delete it and make it again")
         self.labels = [row["label"] for row in self.manifest]
-        self.tiled = "tile" in card.get("params", {})  # items are TiledImage handles, read a patch at a time
+        self._params = card.get("params", {})
+        self.tiled = "tile" in self._params  # items are TiledImage handles, read a patch at a time
         self.cache = (not self.tiled and len(self.manifest) * np.prod(self.image_shape) <= CACHE_LIMIT_BYTES
                       if cache is None else cache)
         self._images = [None] * len(self.manifest)
@@ -286,7 +287,9 @@ class UltraMNIST(torch.utils.data.Dataset):
 
     def tiled_image(self, i: int) -> TiledImage:
         """Image i of a tiled split as a handle: nothing is read until a patch is asked for."""
-        image = TiledImage(self.folder / self.manifest[i]["image"], mean=self.mean, std=self.std)
+        params = self._params
+        framed = dict(level=params["level"], fill=params["fill"], side=self.image_size) if params.get("framed") else {}
+        image = TiledImage(self.folder / self.manifest[i]["image"], mean=self.mean, std=self.std, **framed)
         if image.side != self.image_size:
             raise KitError(f"{image.path} is {image.side} px but {self.folder / 'card.json'} says "
                            f"{self.image_size}; the split is damaged: delete it and make it again")

@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from .data import SHRINK, SPLITS, csv_text, kit_version, save_png
 from .errors import KitError, check_int
-from .files import write_json, write_text
-from .tiled import pyramid
+from .files import building, locked, write_json, write_text
+from .tiled import TiledImage, pyramid
 
 PANDA_COLUMNS = ("image_id", "data_provider", "isup_grade", "gleason_score")
 PANDA_CLASSES = 6  # ISUP grade groups 0-5
@@ -198,12 +198,16 @@ def _preprocess_one(task: tuple[str, str]) -> tuple[str, bool, str | None]:
     return image_id, True, None
 
 
-def _channel_stats(paths: list[Path]) -> dict:
-    """Per-channel mean and std of uint8 RGB images, in [0, 1] units."""
+def _png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def _channel_stats(images) -> dict:
+    """Per-channel mean and std of uint8 RGB images (an iterable of (H, W, 3) arrays), in [0, 1] units."""
     total, total_sq, count = np.zeros(3), np.zeros(3), 0
-    for path in paths:
-        with Image.open(path) as im:
-            x = np.asarray(im, dtype=np.float64).reshape(-1, 3) / 255
+    for image in images:
+        x = image.astype(np.float64).reshape(-1, 3) / 255
         total += x.sum(0)
         total_sq += (x * x).sum(0)
         count += len(x)
@@ -314,7 +318,7 @@ def preprocess_panda(root, out, sizes=PAPER_SIZES, level: int | None = None,
 
 
 def _write_cards(out: Path, sizes: tuple[int, ...], splits: dict, kept: dict, params: dict) -> None:
-    stats = _channel_stats([_image_path(out, sizes[-1], "train", r["image_id"]) for r in kept["train"]])
+    stats = _channel_stats(_png(_image_path(out, sizes[-1], "train", r["image_id"])) for r in kept["train"])
     stats["computed_on"] = f"the train split at {sizes[-1]} px"
     for size in sizes:
         for split in SPLITS:
@@ -352,3 +356,42 @@ def _write_split_files(folder: Path, size: int, split: str, rows: list[dict], pa
                      "grade]); the first n * test_fraction (rounded half up) are test",
         },
     })
+
+
+# --- beyond the paper: the full-resolution level, read a patch at a time ------------------------
+
+def full_resolution_dataset(root, out, side: int, test_fraction: float = 0.2, seed: int = 0,
+                            per_class_train: int | None = None, per_class_test: int | None = None) -> Path:
+    """A dataset folder whose images are the slides' level 0 itself, no 4096 px downscale: each item is a
+    ``tiled.TiledImage`` framing the slide on a white `side` × `side` square (centred; cropped where the
+    slide is larger), read a patch at a time by PatchGD. Nothing is copied: the manifests name the
+    slides. Same split as preprocess_panda; mean/std from the train slides' coarsest level. Each split
+    is written whole or not at all; a slide that is not a tiled TIFF is refused, naming it."""
+    root, out = Path(root), Path(out)
+    side = check_int("side", side, 1)
+    rows = read_train_csv(root)
+    splits = split_slides(rows, test_fraction, seed, per_class_train, per_class_test)
+    slide = {r["image_id"]: (root / "train_images" / f"{r['image_id']}.tiff").resolve() for r in rows}
+    for r in splits["train"] + splits["test"]:
+        TiledImage(slide[r["image_id"]], side=side, fill=WHITE).close()  # tiled, readable, level 0 there
+    stats = _channel_stats(read_slide(slide[r["image_id"]], level=len(slide_level_shapes(slide[r["image_id"]])) - 1)
+                           for r in splits["train"])
+    stats["computed_on"] = "the train slides' coarsest level"
+    params = {"image_size": side, "tile": "as stored", "level": 0, "fill": WHITE, "framed": True,
+              "test_fraction": test_fraction, "seed": seed, "recipe_version": RECIPE_VERSION}
+    out.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        if (out / split).exists():  # made before: the same parameters are kept, others refused
+            if json.loads((out / split / "card.json").read_text())["params"] != {**params, "split": split}:
+                raise KitError(f"{out / split} holds another dataset; use another output folder or delete it")
+            continue
+        manifest = [{"image": str(slide[r["image_id"]]), "label": r["isup_grade"], "digits": "[]", "boxes": "[]",
+                     "image_id": r["image_id"]} for r in splits[split]]
+        with locked(out / f".{split}.lock", f"writing {out / split}"), building(out / split) as tmp:
+            write_text(tmp / "manifest.csv", csv_text(manifest, ["image", "label", "digits", "boxes", "image_id"]))
+            write_json(tmp / "card.json", {
+                "dataset": "PANDA (Bulten et al. 2022) at full resolution: beyond the paper (issue #16)",
+                "params": {**params, "split": split}, "num_classes": PANDA_CLASSES, "normalization": stats,
+                "num_images": len(manifest), "kit_version": kit_version(),
+                "recipe": {"image": f"level 0 of the slide, centred on a white {side} px square, read tile by tile"}})
+    return out

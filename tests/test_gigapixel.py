@@ -194,3 +194,25 @@ def test_the_planner_leaves_a_lazily_read_image_out_of_the_step():
     assert abs(peak(1024, True) - peak(512, True)) < 2**20  # Z and the schedule: kilobytes
     with pytest.raises(KitError, match="gd needs whole images"):
         memory.estimate_peak("gd", "mobilenet_v2", 512, 2, lazy=True)
+
+
+def test_panda_full_resolution_items_are_level_0_framed_on_white_and_train(tmp_path):
+    from test_panda import make_root
+
+    from patchgd_kit.panda import full_resolution_dataset
+    root = make_root(tmp_path / "panda", grades=(0, 0, 1, 1))
+    out = full_resolution_dataset(root, tmp_path / "full", side=320, test_fraction=0.5)
+    train = UltraMNIST(out, "train")
+    assert train.tiled and train.num_classes == 6 and len(train) == 2
+    image, label = train[0]
+    slide = tifffile.imread(image.path, key=0)  # level 0 as stored: no downscale
+    h, w = slide.shape[:2]
+    framed = image.region(0, 0, 320, 320)
+    top, left = (320 - h) // 2, (320 - w) // 2
+    assert np.array_equal(framed[max(top, 0):max(top, 0) + min(h, 320), max(left, 0):max(left, 0) + min(w, 320)],
+                          slide[max(-top, 0):max(-top, 0) + 320, max(-left, 0):max(-left, 0) + 320])
+    assert (framed[:max(top, 0)] == 255).all()
+    images, labels = collate([train[0], train[1]])
+    z = patchgd.fill_z(TinyPatchGD(320, 64).backbone, images, 64)
+    assert z.shape == (2, 8, 5, 5) and torch.isfinite(z).all()
+    assert full_resolution_dataset(root, tmp_path / "full", side=320, test_fraction=0.5) == out  # a rerun keeps it
