@@ -13,7 +13,7 @@ from patchgd_kit.notebook import run_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-TEACHING = ALL[:4]  # 01-04 teach, 05-10 reproduce the paper's figure and tables, 11 the alternatives
+TEACHING = ALL[:4]  # 01-04 teach, 05-10 reproduce the paper's figure and tables, 11 the alternatives, 12 gigapixel images
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 # What `nbstripout` strips by default besides outputs and counts.
 NBSTRIPOUT_KEYS = ["metadata.signature", "metadata.widgets", "cell.metadata.collapsed", "cell.metadata.ExecuteTime",
@@ -29,8 +29,8 @@ def _tags(cell):
     return cell.metadata.get("tags", [])
 
 
-def test_all_eleven_notebooks_are_checked():
-    assert len(ALL) == 11 and TEACHING[-1] == "04_train_patchgd.ipynb"
+def test_all_twelve_notebooks_are_checked():
+    assert len(ALL) == 12 and TEACHING[-1] == "04_train_patchgd.ipynb"
 
 
 @pytest.mark.parametrize("name", ALL)
