@@ -56,7 +56,7 @@ def row(backbone: str, side: int, args) -> list[str]:
     except memory.BatchCannotTrain:
         batch, note = 2, "batch 2: batch 1 cannot train (BatchNorm on the head's 1x1 map)"
         est = estimates(backbone, side, args, batch)
-    cells = [f"{side:,}", f"{side * side / 1e9:.2f}", backbone, str(batch),
+    cells = [f"{side:,}", f"{side * side / 1e9:.3f}", backbone, str(batch),
              memory.format_bytes(est[True]), memory.format_bytes(est[False])]
     if args.estimate_only:
         return cells + ["-"] * 4 + [note]
