@@ -199,6 +199,8 @@ def add_plan(p) -> None:
         "batch_size": "check this batch (GD, or PatchGD with --sampling), or plan k for it (PatchGD)",
         "grad_accum": "PatchGD: ε; above 1, gradients stay alive between inner iterations (default 1)"})
     p.add_argument("--budget", default=None, help="GPU memory budget: 4GB, '16 GiB', 16G or bytes (GB = GiB = 2^30)")
+    p.add_argument("--lazy", action="store_true", help="PatchGD reading each image a patch at a time from a tiled TIFF "
+                                                       "(`generate --tiled`): the image itself is not in memory")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -219,7 +221,7 @@ def run_plan(args) -> None:
     plan = memory.plan(d["method"], d["backbone"], d["image_size"], args.budget, patch_size=d["patch_size"],
                        sampling=d["sampling"], batch_size=d["batch_size"], amp=d["amp"],
                        num_classes=d["num_classes"], grad_accum=d["grad_accum"], fill_chunk=d["fill_chunk"],
-                       input_side=d["downscaled_side"])
+                       input_side=d["downscaled_side"], lazy=args.lazy)
     print(json.dumps(dataclasses.asdict(plan), indent=2) if args.json else plan.summary())
 
 

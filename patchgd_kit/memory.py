@@ -370,11 +370,13 @@ class Plan:
     estimated_peak_bytes: int
     next_peak_bytes: int | None      # the estimate one step further (batch + 1 or k + 1): does not fit
     estimator: str                   # "fake-tensor", or "saved-tensors" (the rougher fallback)
+    lazy: bool = False               # PatchGD on images read a patch at a time (tiled TIFFs)
 
     def summary(self) -> str:
         what = f"batch size {self.batch_size}" + (f", k = {self.k}" if self.k is not None else "")
         return (f"{self.method} {self.backbone} {self.image_size} px"
                 + (f", patch {self.patch_size}" if self.patch_size else "") + (", fp16" if self.amp else "")
+                + (", read lazily" if self.lazy else "")
                 + f": {what} under {format_bytes(self.budget_bytes)}; estimated peak "
                 f"{format_bytes(self.estimated_peak_bytes)} of {format_bytes(self.budget_bytes - self.margin_bytes)} "
                 f"usable (margin {format_bytes(self.margin_bytes)}: CUDA context and allocator headroom); "
@@ -465,7 +467,7 @@ def plan(method: str, backbone: str, image_size: int, budget: int | str, *, patc
     final = estimate(batch_size, k=k)
     return Plan(method, backbone, image_size, patch_size if cells else None, bool(amp), num_classes,
                 grad_accum if cells else 1, fill_chunk, budget_bytes, budget_bytes - usable, batch_size, k,
-                planned, final.peak_bytes, next_peak, final.estimator)
+                planned, final.peak_bytes, next_peak, final.estimator, bool(lazy))
 
 
 def plan_for_config(config) -> Plan:

@@ -221,3 +221,17 @@ def test_panda_full_resolution_items_are_level_0_framed_on_white_and_train(tmp_p
     z = patchgd.fill_z(TinyPatchGD(320, 64).backbone, images, 64)
     assert z.shape == (2, 8, 5, 5) and torch.isfinite(z).all()
     assert full_resolution_dataset(root, tmp_path / "full", side=320, test_fraction=0.5) == out  # a rerun keeps it
+
+
+def test_train_and_evaluate_read_a_tiled_split_lazily_and_gd_is_refused(tmp_path):
+    from patchgd_kit.config import TrainConfig
+    from patchgd_kit.training import evaluate_run, train
+    for split in ("train", "test"):
+        generate_split(tmp_path / "data", split, 1, 64, seed=0, workers=1, progress=False, tile=16)
+    small = dict(data=str(tmp_path / "data"), backbone="mobilenet_v2", image_size=64, batch_size=5, epochs=1,
+                 warmup_epochs=1)
+    result = train(TrainConfig(method="patchgd", patch_size=32, **small), tmp_path / "run", progress=False)
+    assert result["final"]["optimizer_steps"] == 2 * 4 and len(result["test_predictions"]) == 10
+    assert evaluate_run(tmp_path / "run")["predictions"] == result["test_predictions"]
+    message = _one_line_error(lambda: train(TrainConfig(method="gd", **small), tmp_path / "gd", progress=False))
+    assert "is tiled" in message and "gd needs whole images" in message
