@@ -86,6 +86,7 @@ class TiledImage:
                 self.close()
                 raise KitError(f"{self.path} is not a readable TIFF ({type(e).__name__}: {e})") from e
             if self.level >= len(levels):
+                self.close()
                 raise KitError(f"{self.path} has levels 0..{len(levels) - 1}; level {self.level} is not one of them")
             self._level_page = levels[self.level].keyframe
             self._check(self._level_page)
