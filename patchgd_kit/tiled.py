@@ -47,6 +47,11 @@ def normalize_uint8(images: torch.Tensor, mean=(MNIST_MEAN,), std=(MNIST_STD,)) 
     return ((x - stats[0]) / stats[1]).movedim(-1, -3).contiguous()
 
 
+def _one_line(exc: Exception) -> str:
+    """A library's message on one line (a KitError is one line: the CLI prints it as such)."""
+    return " ".join(str(exc).split())
+
+
 def pyramid(tif) -> list:
     """A TIFF's levels (series), finest first. A pyramid series has them as levels; PANDA's files
     store one page per level, which tifffile reads as one series each."""
@@ -84,7 +89,7 @@ class TiledImage:
                 levels = pyramid(self._tif)
             except Exception as e:  # tifffile raises many types for a file that is not a TIFF
                 self.close()
-                raise KitError(f"{self.path} is not a readable TIFF ({type(e).__name__}: {e})") from e
+                raise KitError(f"{self.path} is not a readable TIFF ({type(e).__name__}: {_one_line(e)})") from e
             if self.level >= len(levels):
                 self.close()
                 raise KitError(f"{self.path} has levels 0..{len(levels) - 1}; level {self.level} is not one of them")
@@ -129,7 +134,7 @@ class TiledImage:
             tile, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as e:  # the codecs raise many types for damaged bytes
             raise KitError(f"{self.path}: tile {index} (row {row}, column {col}) is corrupt "
-                           f"({type(e).__name__}: {e}); replace the file (for a generated one: generate it "
+                           f"({type(e).__name__}: {_one_line(e)}); replace the file (for a generated one: generate it "
                            "again, the same seed gives the same bytes)") from e
         if tile is None:  # a tile the writer left empty
             return np.full((*self.tile, self.samples), self.fill, np.uint8)

@@ -235,3 +235,8 @@ def test_train_and_evaluate_read_a_tiled_split_lazily_and_gd_is_refused(tmp_path
     assert evaluate_run(tmp_path / "run")["predictions"] == result["test_predictions"]
     message = _one_line_error(lambda: train(TrainConfig(method="gd", **small), tmp_path / "gd", progress=False))
     assert "is tiled" in message and "gd needs whole images" in message
+
+
+def test_a_file_that_is_not_a_tiff_is_one_line(tmp_path):
+    (tmp_path / "a.tif").write_bytes(b"not a tiff\nat all")
+    assert "a.tif is not a readable TIFF" in _one_line_error(lambda: TiledImage(tmp_path / "a.tif"))
