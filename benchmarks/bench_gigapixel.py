@@ -8,7 +8,7 @@ a patch at a time, against the image's side. Prints a table; asserts nothing.
 Per side and backbone (patch 256, batch 1, k patches per inner iteration, ζ inner iterations):
 - the planner's estimate of one step (``memory.estimate_peak``, GPU bytes allocated): lazily read
   (``lazy=True``: Z, the patches in flight and their work) and in memory (the fp32 image as an input);
-- measured (``memory.measure_step``, a fresh process per row): peak RSS on a CPU, of the whole process
+- measured (``stepmeasure.measure_step``, a fresh process per row): peak RSS on a CPU, of the whole process
   (Python, torch and the model are the baseline column), or CUDA peak allocated on a GPU; seconds of
   the batch's fill of Z and of the whole batch (fill included). ``--in-memory`` measures the in-memory
   path too (sides up to 16,384: the fp32 image alone is 3 GiB there, 48 GiB at 65,536).
@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from patchgd_kit import memory  # noqa: E402
+from patchgd_kit import memory, stepmeasure  # noqa: E402
 from patchgd_kit.digits import draw_layout, load_digit_pools, paint  # noqa: E402
 from patchgd_kit.tiled import write_tiled  # noqa: E402
 
@@ -61,10 +61,10 @@ def row(backbone: str, side: int, args) -> list[str]:
     if args.estimate_only:
         return cells + ["-"] * 4 + [note]
     path = tiled_image(Path(args.data), side)
-    runs = {"lazy": memory.measure_step(path, backbone, patch_size=args.patch, k=args.k, batch_size=batch,
+    runs = {"lazy": stepmeasure.measure_step(path, backbone, patch_size=args.patch, k=args.k, batch_size=batch,
                                         inner_iterations=args.inner, fill_chunk=args.fill_chunk, device=args.device)}
     if args.in_memory and side <= 16384:
-        runs["in memory"] = memory.measure_step(path, backbone, patch_size=args.patch, k=args.k, batch_size=batch,
+        runs["in memory"] = stepmeasure.measure_step(path, backbone, patch_size=args.patch, k=args.k, batch_size=batch,
                                                 inner_iterations=args.inner, fill_chunk=args.fill_chunk,
                                                 device=args.device, lazy=False)
     measured = "; ".join(f"{name} {memory.format_bytes(r['peak_bytes'])}" for name, r in runs.items())
