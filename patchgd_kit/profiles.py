@@ -99,9 +99,9 @@ PROFILES: dict[str, Profile] = {
         description="default without a GPU: every figure and table on 2 cores (aimed at 60 minutes, now over: "
                     "docs/cpu-scale.md); UltraMNIST at 128 px on 4,500 images x 2 epochs (ResNet50 rows 64 px, 1,500 x 3), digits of at "
                     "least 24 px (12 px), digits-pretrained backbones with trunk lr x 0.1, planned batches x 1/4",
-        # GD's alternatives beside MobileNetV2's Table 2 and the stand-in Table 3; Table 1's (ResNet50,
-        # 4-6x the cost per image) would add about half an hour to a profile already over the hour.
-        beyond=("table2", "table3"),
+        # GD's alternatives beside the paper's rows of Tables 1-3, as issue #14 asks: about 25 more
+        # minutes (Table 2's four measured at 23 on shared cores, docs/alternatives.md; Table 1's at 64 px).
+        beyond=("table1", "table2", "table3"),
         backbone_scale={"resnet50": {"image_size": 64, "patch_size": 32, "min_digit_side": 12, "pretrain_steps": 600,
                                      "per_class_train": 150, "epochs": 3}},
     ),
