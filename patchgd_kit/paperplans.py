@@ -58,24 +58,43 @@ def _plan_row(args: dict) -> dict:
             "estimator": found.estimator}
 
 
-def paper_plan(settings: dict, cache: Path) -> dict:
-    """The planner's batch size, k and estimated peak for a row at the paper's scale (gd-downscaled:
-    PatchGD's batch and the side it fits at, ``downscaled_side``).
-
-    Kept in the JSON file `cache`: planning takes seconds per row and every notebook asks. The
-    planner's source is part of the key, so a changed planner plans again. ε enters the key as the
-    planner sees it, 1 or at least 2 (_plan_key): Table 4's rows with ζ = 11, 8, 6 and 4 share one
-    plan instead of tracing ResNet50 at 2048 px again in each notebook."""
+def _cache_key(settings: dict) -> tuple[str, dict]:
+    """(the cache key of a row's plan, plan()'s arguments). ε enters the key as the planner sees it."""
     args = planner_args(settings)
     source = content_hash([Path(m.__file__).read_text() for m in (memory, livebytes, altplan)], 12)
     seen = {**args, "grad_accum": min(args["grad_accum"], 2)} if "grad_accum" in args else args
-    key = json.dumps({**seen, "planner": source}, sort_keys=True)
+    return json.dumps({**seen, "planner": source}, sort_keys=True), args
+
+
+def paper_plans(rows: list[dict], cache: Path, workers: int = 2) -> list[dict]:
+    """The planner's batch size, k and estimated peak for each row's settings at the paper's scale
+    (gd-downscaled: PatchGD's batch and the side it fits at, ``downscaled_side``).
+
+    Kept in the JSON file `cache`: planning takes seconds per row and every notebook asks. The
+    planner's source is part of the key, so a changed planner plans again. ε enters the key as the
+    planner sees it, 1 or at least 2: Table 4's rows with ζ = 11, 8, 6 and 4 share one plan instead
+    of tracing ResNet50 at 2048 px again in each notebook. Plans not in the cache are made `workers`
+    processes at a time (tracing fake tensors is single-threaded Python)."""
+    keyed = [_cache_key(settings) for settings in rows]
     cache = Path(cache)
     known = json.loads(cache.read_text()) if cache.exists() else {}
-    if key not in known:
-        known[key] = _plan_row(dict(args))
+    missing = {key: args for key, args in keyed if key not in known}
+    if missing:
+        if workers > 1 and len(missing) > 1:
+            # spawn, not fork: a fork of a process whose torch has started threads can hang
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(workers, len(missing)), mp_context=context) as pool:
+                made = list(pool.map(_plan_row, [dict(args) for args in missing.values()]))
+        else:
+            made = [_plan_row(dict(args)) for args in missing.values()]
+        known.update(zip(missing, made))
         write_text(cache, json.dumps(known, indent=1, sort_keys=True))
-    return known[key]
+    return [known[key] for key, _ in keyed]
+
+
+def paper_plan(settings: dict, cache: Path) -> dict:
+    """``paper_plans`` of one row."""
+    return paper_plans([settings], cache)[0]
 
 
 @dataclass(frozen=True)

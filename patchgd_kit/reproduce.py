@@ -30,6 +30,7 @@ from .files import check_writable_folder
 from .latency import device_name
 from .orderings import RowResult
 from .paper import PAPER
+from .paperplans import paper_plans
 from .profiles import Profile, get_profile, profile_dir, runs_root
 from .report import write_report
 from .scaling import row_config
@@ -49,6 +50,7 @@ def run_table(name: str, profile: Profile | str | None = None, seeds: int | None
     every = {row.id: row for row in rows_of(table, tuple(BEYOND))}
     chosen = [every[r] for r in rows] if rows else list(rows_of(table, profile.beyond))
     folder = profile_dir(profile)
+    paper_plans([table.settings(row) for row in chosen], folder / "plans.json")  # the missing ones, in parallel
     results, total = [], len(chosen) * seeds
     for i, row in enumerate(chosen):
         config, plan, scale = row_config(table, row, profile)

@@ -1,5 +1,6 @@
 """The reproduction runner: paper rows at a profile's scale, the plan cache, notebook discovery, and
 one end-to-end run of the reproduction notebooks on the smoke profile."""
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -178,3 +179,12 @@ def test_paper_hours_footer_calls_a_coarser_patch_grid_a_lower_bound(monkeypatch
     assert same_grid.startswith("**The paper profile**") and "about 12 A100 hours" in same_grid
     assert "lower bound" not in same_grid
     assert "lower bound" in footer("table4", "s10_m100", 128, 32)  # 4×4 where the paper has 16×16
+
+
+def test_missing_plans_are_made_in_parallel_as_one_process_makes_them(tmp_path):
+    table = PAPER["table2"]
+    rows = [table.settings(table.row(r)) for r in ("gd_16gb", "gd_4gb")]
+    parallel = paperplans.paper_plans(rows, tmp_path / "two.json", workers=2)
+    assert parallel == paperplans.paper_plans(rows, tmp_path / "one.json", workers=1)
+    assert [p["batch_size"] for p in parallel] == [36, 8]  # the planner's MobileNetV2 batches at 512 px
+    assert len(json.loads((tmp_path / "two.json").read_text())) == 2
