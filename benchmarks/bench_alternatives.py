@@ -10,7 +10,6 @@ same step (marked "estimated"). Timings on a shared machine are noisy: run it on
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,11 +24,11 @@ from patchgd_kit.patches import schedule_for  # noqa: E402
 
 def bench(method: str, backbone: str, size: int, batch: int, seconds: float) -> dict:
     """Images/s of the method's own training step, and its peak memory (measured on CUDA, else estimated)."""
-    patch = size // 2 if METHODS[method].patches else None
-    side = size // 2 if "downscaled_side" in METHODS[method].needs else None
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    images_s = training_speed(method, backbone, size, batch, seconds=seconds, patch_size=patch, downscaled_side=side)
+    images_s = training_speed(method, backbone, size, batch, seconds=seconds)  # patch and side: size / 2
+    patch = size // 2 if METHODS[method].patches else None
+    side = size // 2 if "downscaled_side" in METHODS[method].needs else None
     if torch.cuda.is_available():
         return {"method": method, "images_s": images_s, "peak_bytes": torch.cuda.max_memory_allocated(),
                 "peak": "measured"}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .errors import KitError
 from .memory import BatchCannotTrain, estimate_peak, parse_budget, plan, usable_bytes
 from .models import backbone_of
+from .patches import patches_per_iteration
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,10 @@ def memory_by_side(backbone: str, sides: tuple[int, ...], *, amp: bool = False, 
     """The estimated peak of one training step of every method at each image side (one row each):
     GD and gd-checkpoint on the whole image, gd-downscaled at `downscaled_side` (its full-size input
     still grows), PatchGD with patches of `patch_size` and `sampling` of them per inner iteration (k
-    and Z grow with the grid). A step that cannot run on one image is left out."""
+    and Z grow with the grid). A step that cannot train a batch of `batch_size` is left out."""
     rows = []
     for side in sides:
-        k = max(1, int(sampling * (side // patch_size) ** 2 + 1e-9))
+        k = patches_per_iteration(sampling, (side // patch_size) ** 2)
         extra = {"gd": {}, "gd-checkpoint": {}, "gd-downscaled": {"input_side": min(downscaled_side, side)},
                  "patchgd": {"patch_size": patch_size, "k": k}}
         for method, args in extra.items():

@@ -85,7 +85,12 @@ def training_speed(method: str, backbone: str, image_size: int, batch_size: int,
                    device: str = "auto", patch_size: int | None = None, sampling: float = 0.25,
                    downscaled_side: int | None = None) -> float:
     """Training images/s of one method's own step (``METHODS[method].train_batch``) on random images,
-    after one untimed step (Adam's moments then exist), timed for at least `seconds`."""
+    after one untimed step (Adam's moments then exist), timed for at least `seconds`. Unset, PatchGD's
+    patch and gd-downscaled's side are half the image side (a 2×2 grid; a quarter of the pixels)."""
+    if uses_patches(method) and patch_size is None:
+        patch_size = image_size // 2
+    if "downscaled_side" in method_of(method).needs and downscaled_side is None:
+        downscaled_side = image_size // 2
     config = TrainConfig(method=method, backbone=backbone, image_size=image_size, patch_size=patch_size,
                          sampling=sampling, batch_size=batch_size, device=device, downscaled_side=downscaled_side)
     config.validate()
