@@ -202,12 +202,19 @@ def add_plan(p) -> None:
     p.add_argument("--lazy", action="store_true", help="PatchGD reading each image a patch at a time from a tiled TIFF "
                                                        "(`generate --tiled`): the image itself is not in memory")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--ship", action="store_true",
+                   help="for developers: plan every row of the paper's tables (and GD's alternatives) at the paper's "
+                        "scale and write patchgd_kit/paper_plans.json, which the reproduction reads instead of planning; "
+                        "needed after a change to the planner or a step it traces (a test says so)")
 
 
 def run_plan(args) -> None:
     from . import memory, paperplans
     from .config import TrainConfig
     from .methods import uses_patches
+    if args.ship:
+        print(f"wrote {paperplans.ship_plans()}")
+        return
     if args.table:
         cells = paperplans.memory_table(paperplans.memory_rows() + paperplans.alternative_rows())
         print(json.dumps(cells, indent=2) if args.json else paperplans.format_table(cells))
@@ -233,11 +240,15 @@ def add_reproduce(p) -> None:
     p.add_argument("--seeds", type=int, default=None, help="seeds per run; tables show mean ± std (default: the profile's)")
     p.add_argument("--out", default=None, help="runs folder (default: $KIT_RUNS, else runs/); results go to OUT/<profile>/")
     p.add_argument("--only", default=None, help="comma-separated notebook numbers to run, e.g. 05,06 (default: all)")
+    p.add_argument("--alternatives", action=argparse.BooleanOptionalAction, default=None,
+                   help="also train GD's alternatives (gd-checkpoint, gd-downscaled: the rows not in the paper) "
+                        "beside Tables 1-3 (default: the profile's choice; cpu: no, Table 2's four alone take 23 minutes on 2 cores)")
 
 
 def run_reproduce(args) -> None:
     from .reproduce import reproduce
-    reproduce(args.profile, args.seeds, args.out, only=args.only.split(",") if args.only else None)
+    reproduce(args.profile, args.seeds, args.out, only=args.only.split(",") if args.only else None,
+              alternatives=args.alternatives)
 
 
 def add_gpu_check(p) -> None:

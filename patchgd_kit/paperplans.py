@@ -1,11 +1,13 @@
 """The memory planner over the paper's rows: a row's settings as the planner's arguments (ε = ζ
-resolved), the plan of one row at the paper's scale (cached per profile: every notebook asks), and
-the table of plans of every paper row at 4, 16 and 24 GB (`python -m patchgd_kit plan --table`), with
-rows not in the paper for GD's alternatives beside GD's rows.
+resolved), the plan of one row at the paper's scale (shipped with the kit in paper_plans.json for
+every row of the paper's tables, cached per profile otherwise: every notebook asks), and the table of
+plans of every paper row at 4, 16 and 24 GB (`python -m patchgd_kit plan --table`), with rows not in
+the paper for GD's alternatives beside GD's rows.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import multiprocessing
@@ -13,13 +15,25 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import altplan, livebytes, memory
+import torch
+import torchvision
+
+from . import alternatives, altplan, gd, livebytes, memory, methods, models, patchgd, patches
 from .altplan import downscaled_side_for
+from .beyond import BEYOND, rows_of
 from .files import content_hash, write_text
 from .memory import BudgetTooSmall, format_bytes, plan
 from .methods import method_of, uses_patches
 from .paper import PAPER, ZETA
 from .patches import schedule_for
+
+# The code a plan depends on: the planner and every step it traces on fake tensors. A change in any
+# of them (or another torch) changes the plans' keys, so nothing stale is ever read back.
+PLANNED_BY = (memory, livebytes, altplan, alternatives, methods, models, patchgd, gd, patches)
+# Every row of the paper's tables (and GD's alternatives) planned once, shipped with the kit:
+# planning them takes minutes on 2 cores, and every fresh reproduction would otherwise repeat it.
+# `python -m patchgd_kit plan --ship` writes it again; a test says when it is out of date.
+SHIPPED = Path(__file__).with_name("paper_plans.json")
 
 
 def grad_accum_of(settings: dict) -> int:
@@ -58,27 +72,59 @@ def _plan_row(args: dict) -> dict:
             "estimator": found.estimator}
 
 
+@functools.cache
+def planner_version() -> str:
+    """A hash of the source of PLANNED_BY and the torch and torchvision versions."""
+    return content_hash([*(Path(m.__file__).read_text() for m in PLANNED_BY), torch.__version__,
+                         torchvision.__version__], 12)
+
+
 def _cache_key(settings: dict) -> tuple[str, dict]:
     """(the cache key of a row's plan, plan()'s arguments). ε enters the key as the planner sees it."""
     args = planner_args(settings)
-    source = content_hash([Path(m.__file__).read_text() for m in (memory, livebytes, altplan)], 12)
     seen = {**args, "grad_accum": min(args["grad_accum"], 2)} if "grad_accum" in args else args
-    return json.dumps({**seen, "planner": source}, sort_keys=True), args
+    return json.dumps({**seen, "planner": planner_version()}, sort_keys=True), args
+
+
+def _read_plans(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def every_row_settings() -> list[dict]:
+    """The settings of every row of the paper's tables and of GD's alternatives beside them."""
+    return [table.settings(row) for table in PAPER.values() for row in rows_of(table, tuple(BEYOND))]
+
+
+def unshipped_rows() -> list[dict]:
+    """The settings of the rows of every_row_settings() whose plan for the current code is not shipped."""
+    shipped = _read_plans(SHIPPED)
+    return [s for s in every_row_settings() if _cache_key(s)[0] not in shipped]
+
+
+def ship_plans(workers: int = 2) -> Path:
+    """Plan every row of every_row_settings() (those already shipped under the current key are kept)
+    and write SHIPPED with those plans only."""
+    rows = every_row_settings()
+    plans = paper_plans(rows, SHIPPED, workers)
+    write_text(SHIPPED, json.dumps({_cache_key(s)[0]: p for s, p in zip(rows, plans)}, indent=1, sort_keys=True))
+    return SHIPPED
 
 
 def paper_plans(rows: list[dict], cache: Path, workers: int = 2) -> list[dict]:
     """The planner's batch size, k and estimated peak for each row's settings at the paper's scale
     (gd-downscaled: PatchGD's batch and the side it fits at, ``downscaled_side``).
 
-    Kept in the JSON file `cache`: planning takes seconds per row and every notebook asks. The
-    planner's source is part of the key, so a changed planner plans again. ε enters the key as the
-    planner sees it, 1 or at least 2: Table 4's rows with ζ = 11, 8, 6 and 4 share one plan instead
-    of tracing ResNet50 at 2048 px again in each notebook. Plans not in the cache are made `workers`
-    processes at a time (tracing fake tensors is single-threaded Python)."""
+    Read from the plans shipped with the kit (SHIPPED), else kept in the JSON file `cache`: planning
+    takes seconds per row and every notebook asks. The source of the planner and of the steps it
+    traces is part of the key, so changed code plans again. ε enters the key as the planner sees it,
+    1 or at least 2: Table 4's rows with ζ = 11, 8, 6 and 4 share one plan instead of tracing ResNet50
+    at 2048 px again in each notebook. Plans in neither are made `workers` processes at a time
+    (tracing fake tensors is single-threaded Python)."""
     keyed = [_cache_key(settings) for settings in rows]
     cache = Path(cache)
-    known = json.loads(cache.read_text()) if cache.exists() else {}
-    missing = {key: args for key, args in keyed if key not in known}
+    known = _read_plans(cache)
+    shipped = _read_plans(SHIPPED)
+    missing = {key: args for key, args in keyed if key not in known and key not in shipped}
     if missing:
         if workers > 1 and len(missing) > 1:
             # spawn, not fork: a fork of a process whose torch has started threads can hang
@@ -89,7 +135,7 @@ def paper_plans(rows: list[dict], cache: Path, workers: int = 2) -> list[dict]:
             made = [_plan_row(dict(args)) for args in missing.values()]
         known.update(zip(missing, made))
         write_text(cache, json.dumps(known, indent=1, sort_keys=True))
-    return [known[key] for key, _ in keyed]
+    return [known[key] if key in known else shipped[key] for key, _ in keyed]
 
 
 def paper_plan(settings: dict, cache: Path) -> dict:

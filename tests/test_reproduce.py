@@ -73,8 +73,34 @@ def test_runs_shared_between_tables_have_one_store_folder(smoke_runs):
     assert run_of("table1", "gd_16gb") != run_of("table1", "gd_4gb")
 
 
+def test_gds_alternatives_are_trained_where_the_profile_or_the_caller_says():
+    paper_rows = [row.id for row in PAPER["table2"].rows]
+    smoke, cpu = get_profile("smoke"), get_profile("cpu")
+    assert "table2" in smoke.beyond and not cpu.beyond  # cpu keeps its hour for the paper's rows
+    ids = {(profile.name, alternatives): [row.id for row in reproduce.rows_to_run("table2", profile, None, alternatives)]
+           for profile in (smoke, cpu) for alternatives in (None, True, False)}
+    assert ids["cpu", None] == ids["cpu", False] == ids["smoke", False] == paper_rows
+    assert ids["smoke", None] == ids["smoke", True] == ids["cpu", True] == paper_rows + [
+        "gd-checkpoint_16gb", "gd-downscaled_16gb", "gd-checkpoint_4gb", "gd-downscaled_4gb"]
+    assert [row.id for row in reproduce.rows_to_run("table5_6", cpu, None, True)] == ["eps1", "eps2", "eps4"]
+    assert [row.id for row in reproduce.rows_to_run("table2", smoke, ("gd_4gb",), False)] == ["gd_4gb"]
+
+
+def test_reproduce_passes_alternatives_to_the_notebooks_that_declare_it(tmp_path, monkeypatch):
+    from patchgd_kit import notebook
+    given = {}
+    monkeypatch.setattr(notebook, "run_notebook", lambda path, out, parameters, **kw: given.update({path.name[:2]: parameters}))
+    monkeypatch.setattr(reproduce, "write_report", lambda target, title: target / "REPORT.md")
+    assert main(["reproduce", "--profile", "smoke", "--out", str(tmp_path), "--only", "03,07", "--alternatives"]) == 0
+    assert given["07"] == {"profile": "smoke", "seeds": 1, "alternatives": True}
+    assert "alternatives" not in given["03"]
+    reproduce.reproduce("smoke", out=tmp_path, only=["07"], progress=False)  # unasked: the profile's choice
+    assert "alternatives" not in given["07"]
+
+
 def test_plans_are_cached_on_disk(tmp_path, monkeypatch):
     calls = []
+    monkeypatch.setattr(paperplans, "SHIPPED", tmp_path / "none.json")  # plan, not read the kit's plans
 
     def fake_plan(*args, **kwargs):
         calls.append(args)
@@ -181,10 +207,19 @@ def test_paper_hours_footer_calls_a_coarser_patch_grid_a_lower_bound(monkeypatch
     assert "lower bound" in footer("table4", "s10_m100", 128, 32)  # 4×4 where the paper has 16×16
 
 
-def test_missing_plans_are_made_in_parallel_as_one_process_makes_them(tmp_path):
+def test_missing_plans_are_made_in_parallel_as_one_process_makes_them_and_as_shipped(tmp_path, monkeypatch):
     table = PAPER["table2"]
     rows = [table.settings(table.row(r)) for r in ("gd_16gb", "gd_4gb")]
+    shipped = paperplans.paper_plans(rows, tmp_path / "shipped.json")
+    assert not (tmp_path / "shipped.json").exists()  # read from the kit's paper_plans.json, nothing planned
+    monkeypatch.setattr(paperplans, "SHIPPED", tmp_path / "none.json")
     parallel = paperplans.paper_plans(rows, tmp_path / "two.json", workers=2)
-    assert parallel == paperplans.paper_plans(rows, tmp_path / "one.json", workers=1)
+    assert parallel == paperplans.paper_plans(rows, tmp_path / "one.json", workers=1) == shipped
     assert [p["batch_size"] for p in parallel] == [36, 8]  # the planner's MobileNetV2 batches at 512 px
     assert len(json.loads((tmp_path / "two.json").read_text())) == 2
+
+
+def test_every_paper_row_has_a_plan_shipped_for_the_current_code():
+    stale = paperplans.unshipped_rows()
+    assert not stale, (f"{len(stale)} paper rows have no plan shipped for this planner and these traced steps: "
+                       "run `python -m patchgd_kit plan --ship` and commit patchgd_kit/paper_plans.json")
