@@ -29,7 +29,7 @@ from .config import resolve_device
 from .files import check_writable_folder
 from .latency import device_name
 from .orderings import RowResult
-from .paper import PAPER
+from .paper import PAPER, Row
 from .paperplans import paper_plans
 from .profiles import Profile, get_profile, profile_dir, runs_root
 from .report import write_report
@@ -40,15 +40,16 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def run_table(name: str, profile: Profile | str | None = None, seeds: int | None = None, *,
-              rows: tuple[str, ...] | None = None, progress: bool = True) -> list[RowResult]:
+              rows: tuple[str, ...] | None = None, alternatives: bool | None = None,
+              progress: bool = True) -> list[RowResult]:
     """Every row of paper table `name` (or the rows with the ids `rows`), each with seeds 0..seeds-1,
-    trained or read back from the profile's store; then the table's rows not in the paper when the
-    profile trains them (``Profile.beyond``). Prints which run is which as it goes."""
+    trained or read back from the profile's store; then the table's rows not in the paper (GD's
+    alternatives, beyond.py) when `alternatives` is True, or, when it is None, when the profile
+    trains them (``Profile.beyond``). Prints which run is which as it goes."""
     table = PAPER[name]
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     seeds = seeds or profile.seeds
-    every = {row.id: row for row in rows_of(table, tuple(BEYOND))}
-    chosen = [every[r] for r in rows] if rows else list(rows_of(table, profile.beyond))
+    chosen = rows_to_run(name, profile, rows, alternatives)
     folder = profile_dir(profile)
     paper_plans([table.settings(row) for row in chosen], folder / "plans.json")  # the missing ones, in parallel
     results, total = [], len(chosen) * seeds
@@ -67,6 +68,17 @@ def run_table(name: str, profile: Profile | str | None = None, seeds: int | None
             result.runs.append(train_in_store(run, folder, progress=progress))
         results.append(result)
     return results
+
+
+def rows_to_run(name: str, profile: Profile, rows: tuple[str, ...] | None = None,
+                alternatives: bool | None = None) -> list[Row]:
+    """The rows run_table trains: those with the ids `rows`, else the paper's rows and, when
+    `alternatives` says so (None: when the profile does), GD's alternatives after them."""
+    table = PAPER[name]
+    every = {row.id: row for row in rows_of(table, tuple(BEYOND))}
+    if rows:
+        return [every[r] for r in rows]
+    return list(rows_of(table, profile.beyond if alternatives is None else tuple(BEYOND) if alternatives else ()))
 
 
 # --- every notebook, headless -----------------------------------------------------------------------
@@ -101,10 +113,12 @@ def _environment(**values: str):
 
 
 def reproduce(profile: str | None = None, seeds: int | None = None, out: str | Path | None = None, *,
-              folder: Path = NOTEBOOKS, only: list[str] | None = None, progress: bool = True) -> Path:
+              folder: Path = NOTEBOOKS, only: list[str] | None = None, alternatives: bool | None = None,
+              progress: bool = True) -> Path:
     """Run the numbered notebooks headless into ``<out>/<profile>/`` (out: $KIT_RUNS or runs/) and
-    write REPORT.md there. Each notebook gets the parameters it declares among profile, seeds and
-    interactive (False); every one must declare `profile`. Returns the report's path."""
+    write REPORT.md there. Each notebook gets the parameters it declares among profile, seeds,
+    alternatives (unless None: the profile's choice) and interactive (False); every one must declare
+    `profile`. Returns the report's path."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -121,6 +135,8 @@ def reproduce(profile: str | None = None, seeds: int | None = None, out: str | P
     paths = numbered_notebooks(folder, only)
     check_writable_folder(target)  # before the first notebook: --out or $KIT_RUNS may be a file, or read-only
     given = {"profile": profile.name, "seeds": seeds, "interactive": False}
+    if alternatives is not None:
+        given["alternatives"] = alternatives
     timings = []
     start = time.perf_counter()
     with _environment(KIT_RUNS=str(root), KIT_PROFILE=profile.name):
