@@ -287,7 +287,8 @@ def _train_epochs(run: Run, on_epoch: Callable[[dict], None] | None) -> dict:
             row, pending = pending, None
         predictions = evaluate_epoch(run, row)
         history.append(row)
-        checkpoint(run, history, predictions)
+        if epoch < run.config.epochs:  # the last is saved by finish_run; a kill before it re-evaluates
+            checkpoint(run, history, predictions)
         if run.processes.main:
             write_metrics(run.out / "metrics.jsonl", history)
         if run.progress:

@@ -202,26 +202,34 @@ def test_restart_begins_a_run_of_another_config_again(tiny_data, tmp_path, capsy
     assert summary["config"]["lr"] == 0.0005
 
 
+def _two_epochs(data, out):
+    return _gd_args(data, out, epochs="2")
+
+
 @pytest.fixture
 def unfinished_run(tiny_data, tmp_path, monkeypatch):
-    """A run interrupted after its epoch was saved, before it finished: checkpoint.pt (evaluated) and
-    checkpoint.prev.pt (trained, not yet evaluated)."""
+    """A 2-epoch run interrupted as its second epoch began: checkpoint.pt (epoch 1 evaluated) and
+    checkpoint.prev.pt (epoch 1 trained, not yet evaluated)."""
     from patchgd_kit import training as train_module
+    first_epoch_only = train_module.train_one_epoch
 
-    def interrupt(run, history, predictions):
-        raise KeyboardInterrupt
+    def interrupt(run, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return first_epoch_only(run, epoch)
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "finish_run", interrupt)
-        assert main(_gd_args(tiny_data, tmp_path / "run")) == 130
+        patch.setattr(train_module, "train_one_epoch", interrupt)
+        assert main(_two_epochs(tiny_data, tmp_path / "run")) == 130
     return tmp_path / "run"
 
 
 def test_a_truncated_checkpoint_falls_back_to_the_one_before(tiny_data, unfinished_run, capsys):
     checkpoint = unfinished_run / "checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
-    assert main(_gd_args(tiny_data, unfinished_run)) == 0
+    assert main(_two_epochs(tiny_data, unfinished_run)) == 0
     assert f"{checkpoint} is unreadable" in capsys.readouterr().err
-    assert json.loads((unfinished_run / "summary.json").read_text())["final"]["epoch"] == 1
+    summary = json.loads((unfinished_run / "summary.json").read_text())
+    assert [row["epoch"] for row in summary["history"]] == [1, 2]
 
 
 def test_a_truncated_checkpoint_without_one_before_names_the_way_out(tiny_data, unfinished_run, capsys):
@@ -229,17 +237,17 @@ def test_a_truncated_checkpoint_without_one_before_names_the_way_out(tiny_data, 
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     (unfinished_run / "checkpoint.prev.pt").unlink()
     _fails(["evaluate", "--run", str(unfinished_run)], capsys, f"{checkpoint} is unreadable", "--restart")
-    _fails(_gd_args(tiny_data, unfinished_run), capsys, f"{checkpoint} is unreadable", "--restart")
-    assert main(_gd_args(tiny_data, unfinished_run) + ["--restart"]) == 0
+    _fails(_two_epochs(tiny_data, unfinished_run), capsys, f"{checkpoint} is unreadable", "--restart")
+    assert main(_two_epochs(tiny_data, unfinished_run) + ["--restart"]) == 0
 
 
 def test_a_corrupt_config_names_the_file_and_deleting_it_resumes(tiny_data, unfinished_run, capsys):
     config = unfinished_run / "config.json"
     config.write_text('{"method": "gd", "lr"')
-    _fails(_gd_args(tiny_data, unfinished_run), capsys, f"{config} is unreadable", "delete it to resume")
+    _fails(_two_epochs(tiny_data, unfinished_run), capsys, f"{config} is unreadable", "delete it to resume")
     config.unlink()
-    assert main(_gd_args(tiny_data, unfinished_run)) == 0
-    assert len((unfinished_run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert main(_two_epochs(tiny_data, unfinished_run)) == 0
+    assert len((unfinished_run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_a_damaged_summary_is_written_again_from_the_checkpoint(tiny_data, tmp_path):

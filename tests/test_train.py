@@ -73,12 +73,13 @@ def test_a_different_config_in_the_same_folder_is_refused(tiny_data, tmp_path):
         train(TrainConfig(method="gd", data=str(tiny_data), epochs=2, **SMALL), tmp_path / "run", progress=False)
 
 
-def test_crash_after_an_epoch_then_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
+@pytest.mark.parametrize("crash_epoch", [2, 3])  # 3: the last, evaluated but saved only by finish_run
+def test_crash_after_an_epoch_then_resume_matches_an_uninterrupted_run(tiny_data, tmp_path, crash_epoch):
     config = TrainConfig(method="patchgd", data=str(tiny_data), epochs=3, grad_accum=2, **SMALL)
     straight = train(config, tmp_path / "straight", progress=False)
 
     def crash(row):
-        if row["epoch"] == 2:
+        if row["epoch"] == crash_epoch:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
