@@ -8,8 +8,12 @@ schedule.
   under the same budget (``altplan.downscaled_side_for``): it carries the PatchGD row's patch settings
   only so that the planner can find that batch; it trains no patches.
 
+And a row that only PANDA can give (issue #16): ``patchgd_fp16_full``, Table 3's best row (PatchGD-fp16,
+patch 256, 24 GB) trained on the slides' full-resolution level, read a patch at a time from the tiled
+TIFF, with no 4096 px downscale. It runs where PANDA is (``$PANDA_ROOT``); the stand-in has no such level.
+
 The paper has no numbers for them: their ``paper`` dict is empty and their label says so. A profile
-names the tables whose alternatives it trains (``Profile.beyond``).
+names the tables whose rows not in the paper it trains (``Profile.beyond``).
 """
 from __future__ import annotations
 
@@ -29,6 +33,25 @@ def _alternatives(table: Table, gd_id: str, patchgd_id: str) -> tuple[Row, ...]:
                 {**gd.settings, **versus, "method": "gd-downscaled"}, {}))
 
 
+# A side that holds most of PANDA's level-0 slides whole (the largest are about 40,000 px a side; those
+# are cropped, centred): the kit's choice, 8x the paper's largest canvas.
+FULL_RESOLUTION_SIDE = 32768
+
+
+def _full_resolution(table: Table, row_id: str, new_id: str) -> Row:
+    """`row_id` as `new_id` on the slides' level 0 framed at FULL_RESOLUTION_SIDE (``full_resolution``: read lazily).
+    Sampling 2%: k = 327 of the 16,384 cells of patch 256, about the patches in flight of the 4096 px
+    row's planned batch (13 images × k 25); the paper's 10% (k = 1,638) fits 24 GB at no batch."""
+    row = table.row(row_id)
+    return Row(new_id, f"{row.label}, full resolution ({NOT_IN_PAPER})",
+               {**row.settings, "image_size": FULL_RESOLUTION_SIDE, "sampling": 0.02, "full_resolution": True}, {})
+
+
+def reads_full_resolution(settings: dict) -> bool:
+    """Whether a row trains on PANDA's full-resolution level (only PANDA has one)."""
+    return bool(settings.get("full_resolution"))
+
+
 def _ultramnist(name: str) -> tuple[Row, ...]:
     return tuple(row for budget in ("16gb", "4gb")
                  for row in _alternatives(PAPER[name], f"gd_{budget}", f"patchgd_{budget}"))
@@ -37,7 +60,8 @@ def _ultramnist(name: str) -> tuple[Row, ...]:
 BEYOND: dict[str, tuple[Row, ...]] = {
     "table1": _ultramnist("table1"),
     "table2": _ultramnist("table2"),
-    "table3": _alternatives(PAPER["table3"], "gd_2048", "patchgd_2048"),
+    "table3": _alternatives(PAPER["table3"], "gd_2048", "patchgd_2048")
+    + (_full_resolution(PAPER["table3"], "patchgd_fp16_4096_p256", "patchgd_fp16_full"),),
 }
 
 

@@ -360,24 +360,33 @@ def _write_split_files(folder: Path, size: int, split: str, rows: list[dict], pa
 
 # --- beyond the paper: the full-resolution level, read a patch at a time ------------------------
 
+def level_for_downsample(shapes: list[tuple[int, ...]], downsample: int) -> int:
+    """The coarsest level of a slide (shapes finest first) that is at most `downsample` times smaller
+    than level 0: the level a profile that divides every PANDA size by `downsample` reads, as stored."""
+    longest = max(shapes[0][:2])
+    return max(i for i, shape in enumerate(shapes) if longest / max(shape[:2]) <= downsample * 1.05)
+
+
 def full_resolution_dataset(root, out, side: int, test_fraction: float = 0.2, seed: int = 0,
-                            per_class_train: int | None = None, per_class_test: int | None = None) -> Path:
-    """A dataset folder whose images are the slides' level 0 itself, no 4096 px downscale: each item is a
-    ``tiled.TiledImage`` framing the slide on a white `side` × `side` square (centred; cropped where the
-    slide is larger), read a patch at a time by PatchGD. Nothing is copied: the manifests name the
-    slides. Same split as preprocess_panda; mean/std from the train slides' coarsest level. Each split
-    is written whole or not at all; a slide that is not a tiled TIFF is refused, naming it."""
+                            per_class_train: int | None = None, per_class_test: int | None = None,
+                            level: int = 0) -> Path:
+    """A dataset folder whose images are the slides' level 0 itself (or `level`, as stored), no 4096 px
+    downscale: each item is a ``tiled.TiledImage`` framing the slide on a white `side` × `side` square
+    (centred; cropped where the slide is larger), read a patch at a time by PatchGD. Nothing is
+    copied: the manifests name the slides. Same split as preprocess_panda; mean/std from the train
+    slides' coarsest level. Each split is written whole or not at all; a slide that is not a tiled
+    TIFF, or lacks the level, is refused, naming it."""
     root, out = Path(root), Path(out)
-    side = check_int("side", side, 1)
+    side, level = check_int("side", side, 1), check_int("level", level, 0)
     rows = read_train_csv(root)
     splits = split_slides(rows, test_fraction, seed, per_class_train, per_class_test)
     slide = {r["image_id"]: (root / "train_images" / f"{r['image_id']}.tiff").resolve() for r in rows}
     for r in splits["train"] + splits["test"]:
-        TiledImage(slide[r["image_id"]], side=side, fill=WHITE).close()  # tiled, readable, level 0 there
+        TiledImage(slide[r["image_id"]], level=level, side=side, fill=WHITE).close()  # tiled, readable, level there
     stats = _channel_stats(read_slide(slide[r["image_id"]], level=len(slide_level_shapes(slide[r["image_id"]])) - 1)
                            for r in splits["train"])
     stats["computed_on"] = "the train slides' coarsest level"
-    params = {"image_size": side, "tile": "as stored", "level": 0, "fill": WHITE, "framed": True,
+    params = {"image_size": side, "tile": "as stored", "level": level, "fill": WHITE, "framed": True,
               "test_fraction": test_fraction, "seed": seed, "recipe_version": RECIPE_VERSION}
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
@@ -393,5 +402,6 @@ def full_resolution_dataset(root, out, side: int, test_fraction: float = 0.2, se
                 "dataset": "PANDA (Bulten et al. 2022) at full resolution: beyond the paper (issue #16)",
                 "params": {**params, "split": split}, "num_classes": PANDA_CLASSES, "normalization": stats,
                 "num_images": len(manifest), "kit_version": kit_version(),
-                "recipe": {"image": f"level 0 of the slide, centred on a white {side} px square, read tile by tile"}})
+                "recipe": {"image": f"level {level} of the slide, centred on a white {side} px square, read tile by "
+                                    "tile"}})
     return out

@@ -20,7 +20,7 @@ import torchvision
 
 from . import alternatives, altplan, gd, livebytes, memory, methods, models, patchgd, patches
 from .altplan import downscaled_side_for
-from .beyond import BEYOND, rows_of
+from .beyond import BEYOND, reads_full_resolution, rows_of
 from .files import content_hash, write_text
 from .memory import BudgetTooSmall, format_bytes, plan
 from .methods import method_of, uses_patches
@@ -58,6 +58,8 @@ def planner_args(settings: dict) -> dict:
     if uses_patches(settings["method"]) or _downscaled(settings):
         args.update(patch_size=settings["patch_size"], sampling=settings["sampling"],
                     grad_accum=grad_accum_of(settings))
+    if reads_full_resolution(settings):  # the slide is read a patch at a time: not in memory
+        args["lazy"] = True
     return args
 
 

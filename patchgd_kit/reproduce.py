@@ -24,7 +24,7 @@ import torch
 
 from .data import UltraMNIST
 from .errors import KitError
-from .beyond import BEYOND, rows_of
+from .beyond import BEYOND, reads_full_resolution, rows_of
 from .config import resolve_device
 from .files import check_writable_folder
 from .latency import device_name
@@ -33,7 +33,7 @@ from .paper import PAPER, Row
 from .paperplans import paper_plans
 from .profiles import Profile, get_profile, profile_dir, runs_root
 from .report import write_report
-from .scaling import row_config
+from .scaling import panda_root_present, row_config
 from .store import is_finished, train_in_store
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -73,12 +73,14 @@ def run_table(name: str, profile: Profile | str | None = None, seeds: int | None
 def rows_to_run(name: str, profile: Profile, rows: tuple[str, ...] | None = None,
                 alternatives: bool | None = None) -> list[Row]:
     """The rows run_table trains: those with the ids `rows`, else the paper's rows and, when
-    `alternatives` says so (None: when the profile does), GD's alternatives after them."""
+    `alternatives` says so (None: when the profile does), the rows not in the paper after them
+    (the full-resolution row only where PANDA is)."""
     table = PAPER[name]
     every = {row.id: row for row in rows_of(table, tuple(BEYOND))}
     if rows:
         return [every[r] for r in rows]
-    return list(rows_of(table, profile.beyond if alternatives is None else tuple(BEYOND) if alternatives else ()))
+    chosen = rows_of(table, profile.beyond if alternatives is None else tuple(BEYOND) if alternatives else ())
+    return [row for row in chosen if panda_root_present() or not reads_full_resolution(row.settings)]
 
 
 # --- every notebook, headless -----------------------------------------------------------------------

@@ -16,11 +16,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .beyond import reads_full_resolution
 from .config import TrainConfig
 from .data import MIN_DIGIT_SIDE, UltraMNIST, ensure_dataset, shrink_dataset
 from .errors import KitError
 from .methods import uses_patches
-from .panda import PANDA_CLASSES, PAPER_SIZES, preprocess_panda
+from .panda import (PANDA_CLASSES, PAPER_SIZES, full_resolution_dataset, level_for_downsample, preprocess_panda,
+                    read_train_csv, slide_level_shapes)
 from .paper import Table
 from .paperplans import grad_accum_of, paper_plan
 from .profiles import Profile, profile_dataset, profile_dir, profile_weights
@@ -89,13 +91,38 @@ def scaled_patch(profile: Profile, image_size: int, patch_size: int) -> int:
     return image_size // profile.panda_scale // side
 
 
+def panda_root_present() -> bool:
+    return bool(os.environ.get(PANDA_ROOT_ENV))
+
+
+def full_resolution_data(profile: Profile, side: int) -> Path:
+    """PANDA's slides framed at `side` / panda_scale, read lazily (panda.full_resolution_dataset) from
+    their level that is panda_scale times smaller than level 0, as stored (level 0 at the paper's scale;
+    PANDA's levels are 4x apart, so the cpu profile's 16 reads level 2). Made once in ``runs/<profile>/data/``."""
+    root = os.environ.get(PANDA_ROOT_ENV)
+    if not root:
+        raise KitError(f"this row reads PANDA's slides at full resolution, which the stand-in has not; set "
+                       f"{PANDA_ROOT_ENV} to the challenge's folder")
+    first = Path(root) / "train_images" / f"{read_train_csv(root)[0]['image_id']}.tiff"
+    level = level_for_downsample(slide_level_shapes(first), profile.panda_scale)
+    caps = (None, None) if profile.panda_scale == 1 else (profile.panda_per_class_train,
+                                                          profile.panda_per_class_test)
+    side //= profile.panda_scale
+    out = profile_dir(profile) / "data" / f"panda_full_{side}px_level{level}_{caps[0] or 'all'}-{caps[1] or 'all'}pc"
+    return full_resolution_dataset(root, out, side, per_class_train=caps[0], per_class_test=caps[1], level=level)
+
+
 def scale_panda_row(profile: Profile, settings: dict) -> dict:
     """TrainConfig values of a Table 3 or 4 row (paper-scale ``settings``) at the profile's scale:
     its data, image and patch size, classes and epochs. reproduce.row_config calls it."""
-    data = panda_data(profile, progress=False)
     paper_size = settings["image_size"]
-    values = {"data": str(data.folders[paper_size]), "image_size": paper_size // profile.panda_scale,
-              "num_classes": data.num_classes, "epochs": profile.panda_epochs,
+    if reads_full_resolution(settings):
+        folder, classes = full_resolution_data(profile, paper_size), PANDA_CLASSES
+    else:
+        data = panda_data(profile, progress=False)
+        folder, classes = data.folders[paper_size], data.num_classes
+    values = {"data": str(folder), "image_size": paper_size // profile.panda_scale,
+              "num_classes": classes, "epochs": profile.panda_epochs,
               "warmup_epochs": profile.warmup_epochs}
     if uses_patches(settings["method"]):
         values["patch_size"] = scaled_patch(profile, paper_size, settings["patch_size"])

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from patchgd_kit import altplan, memory, paperplans, scaling
-from patchgd_kit.beyond import BEYOND, PATCH_SETTINGS, is_beyond, rows_of
+from patchgd_kit.beyond import BEYOND, PATCH_SETTINGS, is_beyond, reads_full_resolution, rows_of
 from patchgd_kit.alternatives import downscale
 from patchgd_kit.cli import main
 from patchgd_kit.config import TrainConfig
@@ -126,6 +126,10 @@ def test_rows_not_in_the_paper_are_gds_rows_as_its_alternatives():
         assert rows_of(table) == table.rows  # only a profile that names the table trains them
         for row in extra:
             assert not row.paper and row.label.endswith("(not in the paper)") and is_beyond(row)
+            if reads_full_resolution(row.settings):  # PANDA's level 0: Table 3's best row at 32,768 px
+                best = table.row("patchgd_fp16_4096_p256").settings
+                assert row.settings == {**best, "image_size": 32768, "sampling": 0.02, "full_resolution": True}
+                continue
             gd = table.row("gd_" + row.id.split("_", 1)[1])
             kept = {k: v for k, v in row.settings.items() if k not in PATCH_SETTINGS}
             assert kept == {**gd.settings, "method": row.settings["method"]}

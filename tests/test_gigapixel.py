@@ -223,6 +223,12 @@ def test_panda_full_resolution_items_are_level_0_framed_on_white_and_train(tmp_p
     assert full_resolution_dataset(root, tmp_path / "full", side=320, test_fraction=0.5) == out  # a rerun keeps it
 
 
+def test_a_slide_level_is_chosen_by_its_downsample_from_level_0():
+    from patchgd_kit.panda import level_for_downsample
+    shapes = [(40000, 30000, 3), (10000, 7500, 3), (2500, 1875, 3)]  # PANDA's levels: 4x apart
+    assert [level_for_downsample(shapes, d) for d in (1, 2, 4, 8, 16, 32)] == [0, 0, 1, 1, 2, 2]
+
+
 def test_train_and_evaluate_read_a_tiled_split_lazily_and_gd_is_refused(tmp_path):
     from patchgd_kit.config import TrainConfig
     from patchgd_kit.training import evaluate_run, train

@@ -352,6 +352,42 @@ def test_rows_run_on_panda_when_its_root_is_set(tmp_path, monkeypatch):
     assert scaling.scale_panda_row(profile, {"method": "gd", "image_size": 512})["num_classes"] == 6
 
 
+def test_the_full_resolution_row_runs_only_where_panda_is(tmp_path, monkeypatch):
+    from patchgd_kit.reproduce import rows_to_run
+    monkeypatch.setenv("KIT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv(scaling.PANDA_ROOT_ENV, raising=False)
+    profile = get_profile("paper")
+    assert "patchgd_fp16_full" not in [r.id for r in rows_to_run("table3", profile)]
+    row = rows_to_run("table3", profile, rows=("patchgd_fp16_full",))[0]
+    with pytest.raises(KitError, match="full resolution, which the stand-in has not; set PANDA_ROOT"):
+        scaling.row_config(PAPER["table3"], row, get_profile("smoke"))
+    monkeypatch.setenv(scaling.PANDA_ROOT_ENV, str(tmp_path))
+    assert [r.id for r in rows_to_run("table3", profile)][-1] == "patchgd_fp16_full"
+    assert "patchgd_fp16_full" not in [r.id for r in rows_to_run("table3", profile, alternatives=False)]
+
+
+def test_the_full_resolution_row_trains_on_the_slides_level_read_a_patch_at_a_time(tmp_path, monkeypatch):
+    from patchgd_kit.reproduce import run_table
+    from patchgd_kit.tiled import TiledImage
+    root = make_root(tmp_path / "root", grades=(0, 0, 0, 5, 5, 5))  # 2 train, 2 test slides: 50 inner iterations each
+    monkeypatch.setenv("KIT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv(scaling.PANDA_ROOT_ENV, str(root))
+    # 32768 / 64 = 512 px from level 2 (16x smaller than level 0: the coarsest within 64x), 16x16
+    # patches of 32 px (at batch 1 the head's BatchNorm needs a grid of 16 or more: at 8 it sees one value)
+    profile = get_profile("smoke", panda_scale=64, panda_grid_scale=8, panda_per_class_train=1,
+                          panda_per_class_test=1)
+    [result] = run_table("table3", profile, rows=("patchgd_fp16_full",), progress=False)
+    config = result.config
+    assert (config.image_size, config.patch_size, config.num_classes) == (512, 32, 6)
+    train = UltraMNIST(config.data, "train")
+    card = json.loads((Path(config.data) / "train" / "card.json").read_text())
+    assert card["params"]["level"] == 2 and train.tiled and len(train) == 2
+    image, _ = train[0]
+    assert isinstance(image, TiledImage) and image.width == tifffile.imread(image.path, key=2).shape[1]
+    assert result.runs[0]["final"]["optimizer_steps"] == 2 and len(result.runs[0]["test_predictions"]) == 2
+    assert "not in the paper" in result.row.label and result.plan["batch_size"] == 1
+
+
 def test_parameters_are_the_papers_truncated_to_two_decimals():
     assert latency.paper_parameters_m("gd", 2048, None) == 23.52
     assert latency.paper_parameters_m("patchgd", 512, 128) == 26.39
@@ -407,9 +443,11 @@ def test_tables_name_the_standin_in_the_title_and_every_row(tmp_path, monkeypatc
     assert "Of the paper's 4 orderings here" in md3 and "**tie**, within the noise" in md3
     report.write_panda_table(fake_results("table3", beyond=True), tmp_path, data, profile)
     beyond = pd.read_csv(tmp_path / "table3.csv").iloc[9:]
-    assert beyond["method"].tolist() == ["GD-checkpoint (not in the paper)", "GD-downscaled (not in the paper)"]
+    assert beyond["method"].tolist() == ["GD-checkpoint (not in the paper)", "GD-downscaled (not in the paper)",
+                                         "PatchGD-fp16, full resolution (not in the paper)"]
     assert (beyond["paper params (M)"] == "–").all() and beyond["paper accuracy %"].isna().all()
-    assert beyond["params (M)"].astype(float).tolist() == [23.52, 23.52]  # GD's ResNet50, however it steps
+    # GD's ResNet50 however it steps; PatchGD's head, whose Linear reads a 16x16 map at 32,768 px
+    assert beyond["params (M)"].astype(float).tolist() == [23.52, 23.52, 26.78]
     report.write_panda_table(fake_results("table4"), tmp_path, data, profile)
     csv4 = pd.read_csv(tmp_path / "table4.csv")
     assert csv4["data"].tolist() == ["stand-in"] * 6 and "latency img/s" not in csv4.columns
