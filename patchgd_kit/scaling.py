@@ -160,7 +160,9 @@ def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[Trai
     train_set = UltraMNIST(scaled["data"], "train", cache=False)
     train_images = len(train_set)
     test_images = len(UltraMNIST(scaled["data"], "test", cache=False))
-    batch = scaled_batch(plan["batch_size"], profile, train_images)
+    # backbone_scale holds values of one backbone's UltraMNIST rows, its batch factor among them
+    batch_profile = profile.for_backbone(settings["backbone"]) if table.dataset == "ultramnist" else profile
+    batch = scaled_batch(plan["batch_size"], batch_profile, train_images)
     fields = {k: v for k, v in {**settings, **scaled}.items() if k in TRAIN_FIELDS}
     # ε = ζ of the scaled grid; gd-downscaled carries PatchGD's patch settings for its plan only
     fields["grad_accum"] = grad_accum_of(fields) if uses_patches(fields["method"]) else 1
@@ -173,7 +175,7 @@ def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[Trai
     config.validate()
     patch = f", patch {config.patch_size}" if uses_patches(config.method) else ""
     floor = f", digits ≥ {train_set.min_digit_side} px" if train_set.min_digit_side != MIN_DIGIT_SIDE else ""
-    factor = f"; batch = planned × {profile.batch_scale:g}" if profile.batch_scale != 1 else ""
+    factor = f"; batch = planned × {batch_profile.batch_scale:g}" if batch_profile.batch_scale != 1 else ""
     trunk_lr = f"; trunk lr × {config.trunk_lr_scale:g}" if config.trunk_lr_scale != 1 else ""
     resized = (f" resized to {config.downscaled_side} px (paper scale: {plan['downscaled_side']})"
                if config.downscaled_side else "")

@@ -60,6 +60,13 @@ def test_one_batch_factor_and_a_backbones_own_scale(smoke_runs):
     assert scale.startswith("96 px, digits ≥ 8 px;")
     mobilenet, *_ = scaling.row_config(PAPER["table2"], PAPER["table2"].row("gd_16gb"), profile)
     assert (mobilenet.image_size, mobilenet.epochs) == (64, 2)
+    # ... and its own batch factor, for its UltraMNIST rows only (Table 3's ResNet50 keeps the profile's).
+    halved = get_profile("smoke", batch_scale=0.25, max_batch_size=None, per_class_train=10,
+                         backbone_scale={"resnet50": {"batch_scale": 0.5}})
+    resnet50, _, scale = scaling.row_config(table, table.row("gd_16gb"), halved)
+    assert resnet50.batch_size == 16 and "batch = planned × 0.5;" in scale
+    assert scaling.row_config(PAPER["table2"], PAPER["table2"].row("gd_16gb"), halved)[0].batch_size == 8
+    assert scaling.row_config(PAPER["table3"], PAPER["table3"].row("gd_512"), halved)[0].batch_size == 8
 
 
 def test_runs_shared_between_tables_have_one_store_folder(smoke_runs):
