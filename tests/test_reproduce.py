@@ -48,9 +48,10 @@ def test_a_row_runs_at_the_profiles_scale_with_the_planned_batch_capped(smoke_ru
 
 
 def test_one_batch_factor_and_a_backbones_own_scale(smoke_runs):
-    # Every planned batch times the same factor (the budgets' ratios stay), at least 1.
+    # Every planned batch times the same factor (the budgets' ratios stay), at least 2 (BatchNorm), or 1
+    # where the paper's plan is 1.
     quarter = get_profile("smoke", batch_scale=0.25, max_batch_size=None)
-    assert [scaling.scaled_batch(b, quarter, 1000) for b in (140, 36, 8, 2)] == [35, 9, 2, 1]
+    assert [scaling.scaled_batch(b, quarter, 1000) for b in (140, 36, 8, 4, 2, 1)] == [35, 9, 2, 2, 2, 1]
     # backbone_scale gives ResNet50 rows their own size, data (with its digit floor) and weights.
     profile = get_profile("smoke", backbone_scale={"resnet50": {"image_size": 96, "patch_size": 48,
                                                                 "min_digit_side": 8}})
