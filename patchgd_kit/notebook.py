@@ -2,6 +2,7 @@
 values overridden, the training runs that notebooks 03 and 04 share, and the facts they print."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TextIO
 
@@ -11,8 +12,13 @@ from .memory import estimate_peak
 from .config import TrainConfig
 from .methods import build_model, uses_patches
 from .models import count_parameters
-from .profiles import Profile, get_profile, profile_dataset, profile_dir, profile_weights
-from .store import teaching_folder
+from .profiles import Profile, get_profile, profile_dir
+
+# The table whose 16 GB rows notebooks 03 and 04 train, per backbone (the paper's: ResNet50 in Table 1).
+TEACHING_TABLE = {"mobilenet_v2": "table2", "resnet50": "table1"}
+from .paper import PAPER
+from .scaling import row_config
+from .store import run_folder
 
 
 def run_notebook(path, out, parameters: dict | None = None, *, cwd=None, kernel: str = "python3",
@@ -48,26 +54,31 @@ def profile_with(name: str | None, **values) -> Profile:
 
 def training_run(profile: Profile, method: str, *, backbone: str, batch_size: int | None = None, grad_accum: int = 1,
                  seed: int = 0, device: str = "auto", data=None) -> tuple[TrainConfig, Path]:
-    """The TrainConfig of a teaching run on the profile's UltraMNIST, and its run folder
-    ``runs/<profile>/teaching/<method>-<backbone>-seed<seed>-<hash of the config>`` (store.teaching_folder): the same
-    choices in notebooks 03 and 04 give the same folder, so 04 reads 03's finished run back.
+    """The TrainConfig of a teaching run on the profile's UltraMNIST, and its folder in the results store.
 
-    The profile gives the image and patch sizes, sampling, epochs, warm-up and the backbone's initial
-    weights. ``batch_size`` None: 16, capped by the profile. ``data`` None: the profile's dataset
-    (made on first use).
+    ``batch_size`` None: the run is the paper's 16 GB row for this method and backbone (Table 2 for
+    MobileNetV2, Table 1 for ResNet50) at this profile, with its planned batch and budget, so notebooks
+    03 and 04 train the runs the reproduction's tables use (once: the store finds them by their hash).
+    A batch size, ``grad_accum``, ``data`` (None: the profile's dataset) or the profile's sampling
+    values make it a run of its own. The same choices in 03 and 04 give the same folder.
     """
-    profile = profile.for_backbone(backbone)
-    if batch_size is None:
-        batch_size = min(16, profile.max_batch_size or 16)
-    data = Path(data).resolve() if data else profile_dataset(profile)  # absolute: the run is found from anywhere
-    config = TrainConfig(method=method, backbone=backbone, data=str(data),
-                         image_size=profile.image_size, patch_size=profile.patch_size, sampling=profile.sampling,
-                         max_sampled=profile.max_sampled, grad_accum=grad_accum, epochs=profile.epochs,
-                         warmup_epochs=profile.warmup_epochs, batch_size=batch_size,
-                         weights=profile_weights(profile, backbone), trunk_lr_scale=profile.trunk_lr_scale,
-                         seed=seed, device=device)
+    if backbone not in TEACHING_TABLE:
+        raise KitError(f"backbone {backbone!r} has no UltraMNIST table; allowed: {', '.join(TEACHING_TABLE)}")
+    table = PAPER[TEACHING_TABLE[backbone]]
+    row_id = f"{method}_16gb"
+    if row_id not in {row.id for row in table.rows}:
+        methods = sorted({row.settings["method"] for row in table.rows})
+        raise KitError(f"method {method!r} has no row in {table.title}; allowed: {', '.join(methods)}")
+    config = row_config(table, table.row(row_id), profile, seed)[0]
+    changes = {"sampling": profile.sampling, "max_sampled": profile.max_sampled, "grad_accum": grad_accum,
+               "device": device}
+    if batch_size is not None:  # a batch of the reader's: no longer planned for the budget
+        changes.update(batch_size=batch_size, memory_budget=None)
+    if data:
+        changes["data"] = str(Path(data).resolve())  # absolute: the run is found from anywhere
+    config = dataclasses.replace(config, **changes)
     config.validate()
-    return config, teaching_folder(config, profile_dir(profile))
+    return config, run_folder(config, profile_dir(profile))
 
 
 def describe_run(config: TrainConfig) -> str:

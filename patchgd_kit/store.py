@@ -1,8 +1,9 @@
 """The results store: a run lives in ``runs/<profile>/store/<method>-<backbone>-<hash>/``, the hash being
 that of ``TrainConfig.key()``. Two notebooks asking for the same run (Figure 2 and Table 1 share four;
 Table 5/6's ε = 1 is Table 2's PatchGD 16 GB) get the same folder, so it is trained once; train()
-resumes a half-finished run from its checkpoint and reads a finished one back. Teaching runs
-(notebooks 03 and 04) live beside it in ``teaching/``, found by the same hash.
+resumes a half-finished run from its checkpoint and reads a finished one back. The teaching runs of
+notebooks 03 and 04 are Table 1's and 2's 16 GB rows unless the reader changes a value, so they
+live here too.
 """
 from __future__ import annotations
 
@@ -24,11 +25,6 @@ def store_dir(profile_folder: Path) -> Path:
 
 def run_folder(config: TrainConfig, profile_folder: Path) -> Path:
     return store_dir(profile_folder) / f"{config.method}-{config.backbone}-{run_key(config)}"
-
-
-def teaching_folder(config: TrainConfig, profile_folder: Path) -> Path:
-    """A teaching run's folder: the same choices in notebooks 03 and 04 give the same folder."""
-    return Path(profile_folder) / "teaching" / f"{config.method}-{config.backbone}-seed{config.seed}-{run_key(config)}"
 
 
 def is_finished(config: TrainConfig, profile_folder: Path) -> bool:

@@ -79,6 +79,16 @@ def test_runs_shared_between_tables_have_one_store_folder(smoke_runs):
     assert run_of("table5_6", "eps1") == run_of("table2", "patchgd_16gb")
     assert run_of("table5_6", "eps2") != run_of("table5_6", "eps1")
     assert run_of("table1", "gd_16gb") != run_of("table1", "gd_4gb")
+    # notebooks 03 and 04 train the 16 GB rows of Table 2 (Table 1 with ResNet50), unless the reader
+    # changes a value: then the run is one of its own
+    from patchgd_kit import notebook
+    for backbone, table in (("mobilenet_v2", "table2"), ("resnet50", "table1")):
+        for method in ("gd", "patchgd"):
+            assert notebook.training_run(profile, method, backbone=backbone)[1] == run_of(table, f"{method}_16gb")
+    own, folder_of_own = notebook.training_run(profile, "gd", backbone="mobilenet_v2", batch_size=3)
+    assert (own.batch_size, own.memory_budget) == (3, None) and folder_of_own != run_of("table2", "gd_16gb")
+    with pytest.raises(KitError, match="allowed: gd, gd-extended, patchgd"):
+        notebook.training_run(profile, "gd-checkpoint", backbone="mobilenet_v2")
 
 
 def test_gds_alternatives_are_trained_where_the_profile_or_the_caller_says():
