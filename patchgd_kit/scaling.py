@@ -61,6 +61,13 @@ class PandaData:
     folders: dict[int, Path]   # paper size (4096, 2048, 512) → dataset folder at the profile's size
 
 
+def panda_caps(profile: Profile) -> tuple[int | None, int | None]:
+    """Slides per class (train, test) a profile takes from PANDA: all of them at the paper's scale."""
+    if profile.panda_scale == 1:
+        return None, None
+    return profile.panda_per_class_train, profile.panda_per_class_test
+
+
 def panda_data(profile: Profile, progress: bool = True) -> PandaData:
     """PANDA from ``$PANDA_ROOT`` preprocessed at the profile's sizes, or the stand-in when it is
     unset. Made once in ``runs/<profile>/data/``. At the paper's scale every slide is used; scaled
@@ -75,8 +82,7 @@ def panda_data(profile: Profile, progress: bool = True) -> PandaData:
             f"and {sizes[512]} px as the slides are; 10 ordinal classes (digit sums 0-9) where PANDA has "
             "6 ISUP grades. Set PANDA_ROOT to the challenge's folder to run on PANDA.",
             10, standin_datasets(profile, progress=progress))
-    caps = (None, None) if profile.panda_scale == 1 else (profile.panda_per_class_train,
-                                                          profile.panda_per_class_test)
+    caps = panda_caps(profile)
     out = profile_dir(profile) / "data" / f"panda_{sizes[4096]}px_{caps[0] or 'all'}-{caps[1] or 'all'}pc"
     folders = preprocess_panda(root, out, tuple(sizes.values()), per_class_train=caps[0],
                                per_class_test=caps[1], progress=progress)
@@ -105,8 +111,7 @@ def full_resolution_data(profile: Profile, side: int) -> Path:
                        f"{PANDA_ROOT_ENV} to the challenge's folder")
     first = Path(root) / "train_images" / f"{read_train_csv(root)[0]['image_id']}.tiff"
     level = level_for_downsample(slide_level_shapes(first), profile.panda_scale)
-    caps = (None, None) if profile.panda_scale == 1 else (profile.panda_per_class_train,
-                                                          profile.panda_per_class_test)
+    caps = panda_caps(profile)
     side //= profile.panda_scale
     out = profile_dir(profile) / "data" / f"panda_full_{side}px_level{level}_{caps[0] or 'all'}-{caps[1] or 'all'}pc"
     return full_resolution_dataset(root, out, side, per_class_train=caps[0], per_class_test=caps[1], level=level)
