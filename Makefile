@@ -31,6 +31,7 @@ test: install
 benchmark: install
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_alternatives.py
+	$(PY) benchmarks/bench_adam.py
 	$(PY) benchmarks/bench_gigapixel.py --sides 2048,8192,16384 --estimate-only
 
 # The GPU check (under 8 minutes on one GPU): the memory planner against measured CUDA peaks, budgets
