@@ -12,13 +12,13 @@ from .memory import estimate_peak
 from .config import TrainConfig
 from .methods import build_model, uses_patches
 from .models import count_parameters
+from .paper import PAPER
 from .profiles import Profile, get_profile, profile_dir
+from .scaling import row_config
+from .store import run_folder
 
 # The table whose 16 GB rows notebooks 03 and 04 train, per backbone (the paper's: ResNet50 in Table 1).
 TEACHING_TABLE = {"mobilenet_v2": "table2", "resnet50": "table1"}
-from .paper import PAPER
-from .scaling import row_config
-from .store import run_folder
 
 
 def run_notebook(path, out, parameters: dict | None = None, *, cwd=None, kernel: str = "python3",
