@@ -91,7 +91,7 @@ def training_step(row: Row, device: torch.device) -> TrainingStep:
     model = model_on(c, device)
     images = torch.randn(c.batch_size, 3, c.image_size, c.image_size, device=device)
     labels = torch.randint(0, c.num_classes, (c.batch_size,), device=device)
-    return TrainingStep(c, model, make_optimizer(model, c), step_settings(c, device), images, labels)
+    return TrainingStep(c, model, make_optimizer(model, c, device), step_settings(c, device), images, labels)
 
 
 def _sync(device: torch.device) -> None:

@@ -37,24 +37,22 @@ from .runfolder import (CHECKPOINT, claim_run_folder, finished_result, load_chec
                         save_checkpoint, save_finished, set_rng_state, write_metrics)
 
 
-def adam(params, lr: float) -> torch.optim.Adam:
+def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
     """Adam as every run and pretraining uses it (no weight decay: the official code). On a CPU, the
     fused kernel: the same update, and one step over ResNet50's 25 M parameters took 12 ms against
     the default's 56 on 2 cores, where its forward and backward of 3 images at 64 px took 93
-    (docs/cpu-scale.md §10). Elsewhere the default: the Adam whose memory the planner measures."""
-    params = list(params)
-    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
-    on_cpu = all(p.device.type == "cpu" for p in tensors)
-    return torch.optim.Adam(params, lr=lr, fused=True if on_cpu else None)
+    (docs/cpu-scale.md §10; `benchmarks/bench_adam.py`). Elsewhere the default: the Adam whose memory
+    the planner measures."""
+    return torch.optim.Adam(params, lr=lr, fused=True if device.type == "cpu" else None)
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """Adam without weight decay (the official code): the new layers at lr (group 0, the lr the
     metrics report), the pretrained trunk at lr × trunk_lr_scale (group 1)."""
     trunk = {id(p) for p in trunk_of(model, config.backbone).parameters()}
     groups = [{"params": [p for p in model.parameters() if id(p) not in trunk], "lr": config.lr},
               {"params": [p for p in model.parameters() if id(p) in trunk], "lr": config.lr * config.trunk_lr_scale}]
-    return adam(groups, config.lr)
+    return adam(groups, config.lr, device)
 
 
 def lr_lambda(config: TrainConfig, batches_per_epoch: int) -> Callable[[int], float]:
@@ -154,7 +152,7 @@ def setup_run(config: TrainConfig, out: Path, model: torch.nn.Module, device: to
               processes: Processes = Processes()) -> Run:
     """The optimizer, lr schedule, loss scaler and patch sampler of a fresh run; with more than one
     process, the model's DDP wrapper in its step settings."""
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, device)
     batches = len(datasets[0]) // (config.batch_size * processes.world)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, batches))
     step = step_settings(config, device)

@@ -144,14 +144,14 @@ def test_trunk_lr_scale_slows_exactly_the_weights_file_s_trunk(method, backbone,
     from patchgd_kit.training import make_optimizer
     model = build_model(method, backbone, 10, 64, 32)
     config = TrainConfig(method=method, backbone=backbone, image_size=64, patch_size=32, lr=1e-3, trunk_lr_scale=0.1)
-    fast, slow = make_optimizer(model, config).param_groups
+    fast, slow = make_optimizer(model, config, torch.device("cpu")).param_groups
     assert slow["lr"] == pytest.approx(1e-4) and fast["lr"] == pytest.approx(1e-3)
     # the slow group is what a weights file initialises: load one whose trunk is all ones and see
     ones = {k: torch.ones_like(v) if v.is_floating_point() else v
             for k, v in torchvision_model(backbone).state_dict().items()}
     torch.save(ones, tmp_path / "w.pt")
     loaded = build_model(method, backbone, 10, 64, 32, weights=str(tmp_path / "w.pt"))
-    _, trunk = make_optimizer(loaded, config).param_groups
+    _, trunk = make_optimizer(loaded, config, torch.device("cpu")).param_groups
     assert all(bool((p == 1).all()) for p in trunk["params"])
     reference = torchvision_model(backbone)
     prefix = "fc." if backbone == "resnet50" else "classifier."
