@@ -155,6 +155,10 @@ def _noise_text(c: dict) -> str:
     return "; ".join(parts)
 
 
+def _verb(count: int, singular: str, plural: str) -> str:
+    return singular if count == 1 else plural
+
+
 def orderings_markdown(results: list[RowResult], claims=None) -> str:
     checked = orderings(results, claims)
     lines = [f"- {c['claim']}: paper {c['paper'][0]:.1f} > {c['paper'][1]:.1f}; measured "
@@ -162,7 +166,8 @@ def orderings_markdown(results: list[RowResult], claims=None) -> str:
              + (f" ({_noise_text(c)})" if _noise_text(c) else "") for c in checked]
     firm = [c for c in checked if not c["within_noise"]]
     held, against = sum(c["margin"] > 0 for c in firm), sum(c["margin"] < 0 for c in firm)
-    summary = (f"Of the paper's {len(checked)} orderings here, {held} hold beyond the noise at this scale, "
-               f"{against} are reversed beyond the noise, and {len(checked) - len(firm)} are not decided "
-               f"(the margin's interval holds 0)")
+    undecided = len(checked) - len(firm)
+    summary = (f"Of the paper's {len(checked)} orderings here, {held} {_verb(held, 'holds', 'hold')} beyond the "
+               f"noise at this scale, {against} {_verb(against, 'is', 'are')} reversed beyond the noise, and "
+               f"{undecided} {_verb(undecided, 'is', 'are')} not decided (the margin's interval holds 0)")
     return f"{summary}:\n\n" + "\n".join(lines) + "\n"

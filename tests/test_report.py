@@ -135,8 +135,8 @@ def test_orderings_are_decided_by_the_measured_numbers():
     assert first["test_noise"] == pytest.approx(2 * (60.5 * 39.5 / 400 + 41 * 59 / 400) ** 0.5)
     assert second["margin"] == -6.5 and second["within_noise"]  # the seeds disagree by 17 points
     text = orderings.orderings_markdown(fake)
-    assert text.startswith("Of the paper's 2 orderings here, 1 hold beyond the noise at this scale, 0 are "
-                           "reversed beyond the noise, and 1 are not decided")
+    assert text.startswith("Of the paper's 2 orderings here, 1 holds beyond the noise at this scale, 0 are "
+                           "reversed beyond the noise, and 1 is not decided")
     assert "**holds** beyond the noise" in text
     assert "margin -6.5: **does not hold**, within the noise (test-set sampling ±" in text
 
@@ -200,4 +200,4 @@ def test_orderings_use_a_paired_bootstrap_over_the_same_test_images():
     assert orderings.orderings(fake) == [first, second]  # the same resamples every time
     text = orderings.orderings_markdown(fake)
     assert "paired bootstrap 95% interval of the margin [+" in text
-    assert "1 hold beyond the noise at this scale, 0 are reversed beyond the noise, and 1 are not decided" in text
+    assert "1 holds beyond the noise at this scale, 0 are reversed beyond the noise, and 1 is not decided" in text
