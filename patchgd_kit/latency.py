@@ -28,10 +28,23 @@ LATENCY_WARMUP = 2    # untimed passes first (cuDNN autotuning, allocator, cache
 LATENCY_REPEATS = 3   # timed passes, each synchronised; images/s = batch / mean seconds
 
 
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ('' where there is none): CPUs sold as the same number
+    of cores differ 1.5x in ResNet50's speed (docs/cpu-scale.md §11), so timings name it."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+    except OSError:
+        return ""
+    return names[0] if names else ""
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
+    model = f"{cpu_model()}, " if cpu_model() else ""
+    return f"CPU ({model}{torch.get_num_threads()} threads)"
 
 
 def precision(config: TrainConfig) -> str:
