@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from .files import atomic_write, write_text
 from .orderings import RowResult, budget_text, format_mean_std, orderings_markdown, term_values
 from .paper import FIGURE2
-from .report import init_name, markdown
+from .report import init_from_notes, init_name, markdown
 
 
 def figure2_gaps(results: list[RowResult]) -> pd.DataFrame:
@@ -74,7 +74,8 @@ def write_figure2(results: list[RowResult], folder: Path) -> Figure:
     first = results[0]
     text = ("## Figure 2: GD and PatchGD at 16 GB and 4 GB, ResNet50 on UltraMNIST\n\n![Figure 2](figure2.png)\n\n"
             f"Four of Table 1's runs ({first.scale}; {init_name(first.config.weights)} "
-            "weights; batches as in Table 1's notes). PatchGD − GD accuracy in points: the paper's text says 4 "
+            "weights; batches as in Table 1's notes). " + " ".join(init_from_notes(results))
+            + " PatchGD − GD accuracy in points: the paper's text says 4 "
             "at 16 GB and 13 at 4 GB, its Table 1 gives 4.0 and 9.5. Both are shown:\n\n"
             + markdown(figure2_gaps(results)) + "\n" + orderings_markdown(results, FIGURE2["claims"]))
     write_text(Path(folder) / "figure2.md", text)

@@ -98,6 +98,17 @@ def _accuracy_range(accuracies: list[float]) -> str:
     return f"the measured accuracies here range from {low} to {high}"
 
 
+def _row_name(row) -> str:
+    return f"{row.label} {budget_text(row.settings.get('memory_budget'))}"
+
+
+def init_from_notes(results: list[RowResult]) -> list[str]:
+    """A sentence for each row whose backbone starts from another row's run (Appendix C)."""
+    return [f"{_row_name(r.row)}: as in Appendix C, its backbone starts from the trained backbone of this "
+            f"table's {_row_name(r.table.row(r.row.init_from))} run (at this scale: its epochs here, from the "
+            "init above), so it has had that run's training first." for r in results if r.row.init_from]
+
+
 def notes(results: list[RowResult]) -> str:
     """What the columns mean, how this scale differs from the paper's, and the table's own note."""
     table, first = results[0].table, results[0]
@@ -131,6 +142,7 @@ def notes(results: list[RowResult]) -> str:
         "offline, the kit pretrains each backbone on single bundled MNIST digits instead (pretrain.py), the "
         "same init for every method of a table.",
     ]
+    lines += [f"- {text}" for text in init_from_notes(results)]
     if any(is_beyond(r.row) for r in results):
         lines.append(f"- rows marked \"{NOT_IN_PAPER}\": GD's alternatives under the same budget and data "
                      "(notebook 11): GD-checkpoint computes GD's gradients with the trunk's activations recomputed "

@@ -34,7 +34,7 @@ from .paperplans import paper_plans
 from .profiles import Profile, get_profile, profile_dir, runs_root
 from .report import write_report
 from .scaling import panda_root_present, row_config
-from .store import is_finished, train_in_store
+from .store import is_finished, run_trunk, train_in_store
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -58,7 +58,9 @@ def run_table(name: str, profile: Profile | str | None = None, seeds: int | None
         result = RowResult(table, row, config, plan, scale,
                            test_images=len(UltraMNIST(config.data, "test", cache=False)))
         for seed in range(seeds):
-            run = dataclasses.replace(config, seed=seed)
+            run = row_config(table, row, profile, seed)[0] if row.init_from else dataclasses.replace(config, seed=seed)
+            if row.init_from:  # Appendix C: that row's run first, its backbone this run's init
+                run_trunk(row_config(table, table.row(row.init_from), profile, seed)[0], folder, progress=progress)
             state = "from the store" if is_finished(run, folder) else "training"
             k = f", k {run.schedule()[0]}" if run.schedule()[0] else ""
             if progress:

@@ -21,11 +21,13 @@ from .config import TrainConfig
 from .data import MIN_DIGIT_SIDE, UltraMNIST, ensure_dataset, shrink_dataset
 from .errors import KitError
 from .methods import uses_patches
+from .orderings import budget_text
 from .panda import (PANDA_CLASSES, PAPER_SIZES, full_resolution_dataset, level_for_downsample, preprocess_panda,
                     read_train_csv, slide_level_shapes)
 from .paper import Table
 from .paperplans import grad_accum_of, paper_plan
 from .profiles import Profile, profile_dataset, profile_dir, profile_weights
+from .store import run_trunk_path
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -156,6 +158,19 @@ def scaled_batch(planned: int, profile: Profile, train_images: int) -> int:
     return min(batch, profile.max_batch_size or batch, train_images)
 
 
+def row_weights(table: Table, row, profile: Profile, seed: int = 0) -> tuple[str | None, str]:
+    """(the row's backbone init, words for its scale line): the profile's init, or for a row with
+    ``init_from`` (Appendix C) the trunk file of that row's run, which ``store.run_trunk`` writes
+    once the run is trained (reproduce.run_table sees to it before training this row)."""
+    if row.init_from is None:
+        backbone = table.settings(row)["backbone"]
+        return profile_weights(profile.for_backbone(backbone), backbone, progress=False), ""
+    source = table.row(row.init_from)
+    config = row_config(table, source, profile, seed)[0]
+    words = f"; backbone from the {source.label} {budget_text(source.settings.get('memory_budget'))} run (Appendix C)"
+    return str(run_trunk_path(config, profile_dir(profile))), words
+
+
 def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[TrainConfig, dict, str]:
     """(TrainConfig, the planner's answer at the paper's scale, the scale in words) of a paper row."""
     settings = table.settings(row)
@@ -176,9 +191,9 @@ def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[Trai
     if "downscaled_side" in plan:  # gd-downscaled: the side planned at the paper's scale, scaled alike
         fields["downscaled_side"] = max(1, round(plan["downscaled_side"] * fields["image_size"]
                                                  / settings["image_size"]))
+    weights, init = row_weights(table, row, profile, seed)
     config = TrainConfig(**{**fields, "batch_size": batch, "seed": seed, "trunk_lr_scale": profile.trunk_lr_scale,
-                            "weights": profile_weights(profile.for_backbone(settings["backbone"]),
-                                                       settings["backbone"], progress=False)})
+                            "weights": weights})
     config.validate()
     patch = f", patch {config.patch_size}" if uses_patches(config.method) else ""
     floor = f", digits ≥ {train_set.min_digit_side} px" if train_set.min_digit_side != MIN_DIGIT_SIDE else ""
@@ -187,5 +202,5 @@ def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[Trai
     resized = (f" resized to {config.downscaled_side} px (paper scale: {plan['downscaled_side']})"
                if config.downscaled_side else "")
     scale = (f"{config.image_size} px{resized}{patch}{floor}; {train_images} train / {test_images} test images; "
-             f"{config.epochs} epochs{factor}{trunk_lr}")
+             f"{config.epochs} epochs{factor}{trunk_lr}{init}")
     return config, plan, scale

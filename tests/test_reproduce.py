@@ -36,13 +36,16 @@ def test_a_row_runs_at_the_profiles_scale_with_the_planned_batch_capped(smoke_ru
     assert (config.image_size, config.patch_size, config.epochs) == (64, 32, resnet50.epochs) == (64, 32, 1)
     assert config.batch_size == min(FAKE_PLAN["batch_size"], profile.max_batch_size)
     assert config.memory_budget == "4GB" and config.seed == 2
-    # The profile's digits-pretrained ResNet50, made on first use in its weights folder.
-    assert Path(config.weights).name == "resnet50-digits-64px-crop32-min4px-2steps-seed0.pt"
-    assert Path(config.weights).is_file()
+    # Appendix C: the backbone of GD 4 GB's run (the same seed), whose own init is the profile's
+    # digits-pretrained ResNet50, made on first use in its weights folder.
+    gd = scaling.row_config(table, table.row("gd_4gb"), profile, seed=2)[0]
+    assert config.weights == str(store.run_trunk_path(gd, smoke_runs / "smoke")) and gd.seed == 2
+    assert Path(gd.weights).name == "resnet50-digits-64px-crop32-min4px-2steps-seed0.pt"
+    assert Path(gd.weights).is_file()
     assert config.schedule() == (1, 4)  # the paper's k = 1, ζ = 4 on the 2×2 grid
     assert config.trunk_lr_scale == profile.trunk_lr_scale == 0.1
     assert scale == (f"64 px, patch 32; {10 * profile.per_class_train} train / {10 * profile.per_class_test} test "
-                     f"images; {resnet50.epochs} epochs; trunk lr × 0.1")
+                     f"images; {resnet50.epochs} epochs; trunk lr × 0.1; backbone from the GD 4 GB run (Appendix C)")
     uncapped, *_ = scaling.row_config(table, table.row("patchgd_4gb"), get_profile("smoke", max_batch_size=None))
     assert uncapped.batch_size == min(FAKE_PLAN["batch_size"], 10 * profile.per_class_train)  # the train set caps it
 
@@ -68,6 +71,36 @@ def test_one_batch_factor_and_a_backbones_own_scale(smoke_runs):
     assert resnet50.batch_size == 16 and "batch = planned × 0.5;" in scale
     assert scaling.row_config(PAPER["table2"], PAPER["table2"].row("gd_16gb"), halved)[0].batch_size == 8
     assert scaling.row_config(PAPER["table3"], PAPER["table3"].row("gd_512"), halved)[0].batch_size == 8
+
+
+def test_low_memory_patchgd_starts_from_the_gd_runs_trained_backbone(smoke_runs):
+    # Appendix C: asked for PatchGD 4 GB alone, run_table trains GD 4 GB first, and PatchGD's backbone
+    # starts from GD's trained trunk, not from the digits init both began with.
+    from patchgd_kit.methods import build_model
+    from patchgd_kit.models import trunk_of
+    profile, table, folder = get_profile("smoke"), PAPER["table2"], smoke_runs / "smoke"
+    [result] = reproduce.run_table("table2", profile, rows=("patchgd_4gb",), progress=False)
+    gd = scaling.row_config(table, table.row("gd_4gb"), profile)[0]
+    assert store.is_finished(gd, folder) and result.config.weights == str(store.run_trunk_path(gd, folder))
+    assert "backbone from the GD 4 GB run (Appendix C)" in result.scale
+    from patchgd_kit.report import notes
+    assert ("PatchGD (p=256) 4 GB: as in Appendix C, its backbone starts from the trained backbone of this table's "
+            "GD 4 GB run") in notes([result])
+    trained = build_model("gd", "mobilenet_v2", 10, 64, 32)
+    trained.load_state_dict(torch.load(store.run_folder(gd, folder) / "checkpoint.pt", weights_only=False)["model"])
+
+    def trunk(method, model=None, weights=None):
+        model = model or build_model(method, "mobilenet_v2", 10, 64, 32, weights=weights)
+        return trunk_of(model, "mobilenet_v2").state_dict()
+    start, gd_end, digits = (trunk("patchgd", weights=result.config.weights), trunk("gd", trained),
+                             trunk("patchgd", weights=gd.weights))
+    assert start.keys() == gd_end.keys() == digits.keys()
+    assert all(torch.equal(start[k], gd_end[k]) for k in start)
+    assert not all(torch.equal(start[k], digits[k]) for k in start)
+    # rerun: everything read back, the trunk file not rewritten
+    stamp = store.run_trunk_path(gd, folder).stat().st_mtime_ns
+    reproduce.run_table("table2", profile, rows=("patchgd_4gb",), progress=False)
+    assert store.run_trunk_path(gd, folder).stat().st_mtime_ns == stamp
 
 
 def test_runs_shared_between_tables_have_one_store_folder(smoke_runs):
