@@ -25,6 +25,12 @@ class Row:
     # the same low budget (the GD training that fits the memory the PatchGD row has).
     init_from: str | None = None
 
+    @property
+    def name(self) -> str:
+        """The row as the tables name it: its label and budget ("GD 4 GB")."""
+        budget = self.settings.get("memory_budget")
+        return f"{self.label} {budget.replace('GB', ' GB')}" if budget else self.label
+
 
 # An ordering the paper reports, checked on the measured numbers. A term is a row id (that row's
 # number) or a pair of row ids (their difference); which side is larger comes from the paper's numbers.

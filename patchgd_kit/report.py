@@ -98,14 +98,10 @@ def _accuracy_range(accuracies: list[float]) -> str:
     return f"the measured accuracies here range from {low} to {high}"
 
 
-def _row_name(row) -> str:
-    return f"{row.label} {budget_text(row.settings.get('memory_budget'))}"
-
-
 def init_from_notes(results: list[RowResult]) -> list[str]:
     """A sentence for each row whose backbone starts from another row's run (Appendix C)."""
-    return [f"{_row_name(r.row)}: as in Appendix C, its backbone starts from the trained backbone of this "
-            f"table's {_row_name(r.table.row(r.row.init_from))} run (at this scale: its epochs here, from the "
+    return [f"{r.row.name}: as in Appendix C, its backbone starts from the trained backbone of this "
+            f"table's {r.table.row(r.row.init_from).name} run (at this scale: its epochs here, from the "
             "init above), so it has had that run's training first." for r in results if r.row.init_from]
 
 

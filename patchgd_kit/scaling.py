@@ -21,7 +21,6 @@ from .config import TrainConfig
 from .data import MIN_DIGIT_SIDE, UltraMNIST, ensure_dataset, shrink_dataset
 from .errors import KitError
 from .methods import uses_patches
-from .orderings import budget_text
 from .panda import (PANDA_CLASSES, PAPER_SIZES, full_resolution_dataset, level_for_downsample, preprocess_panda,
                     read_train_csv, slide_level_shapes)
 from .paper import Table
@@ -167,7 +166,7 @@ def row_weights(table: Table, row, profile: Profile, seed: int = 0) -> tuple[str
         return profile_weights(profile.for_backbone(backbone), backbone, progress=False), ""
     source = table.row(row.init_from)
     config = row_config(table, source, profile, seed)[0]
-    words = f"; backbone from the {source.label} {budget_text(source.settings.get('memory_budget'))} run (Appendix C)"
+    words = f"; backbone from the {source.name} run (Appendix C)"
     return str(run_trunk_path(config, profile_dir(profile))), words
 
 
