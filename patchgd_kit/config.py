@@ -42,7 +42,7 @@ class TrainConfig:
                                              "it on CUDA")
     seed: int = _field(0, "random seed (init, data order, patch sampling)")
     device: str = _field("auto", "auto | cpu | cuda")
-    amp: bool = _field(False, "mixed precision: fp16 with loss scaling on CUDA, bf16 on CPU")
+    amp: bool = _field(False, "mixed precision: fp16 with loss scaling on CUDA, bf16 on a CPU with native bf16 (else fp32)")
     lr: float = _field(1e-3, "peak learning rate of Adam (paper: 1e-3)")
     trunk_lr_scale: float = _field(1.0, "the pretrained trunk's lr is lr times this, in (0, 1] (paper: 1, one "
                                         "lr for all)")
@@ -138,10 +138,21 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 and later). Without it bf16 autocast is
+    emulated: measured 10-40x slower than fp32 on an AVX2-only AMD EPYC (docs/cpu-scale.md §11)."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(probe and probe())
+
+
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """fp16 on CUDA (the paper's fp16 rows); a CPU has no fast fp16, so bf16 stands in where it is
+    native and fp32 runs where it is not (latency.precision says which ran)."""
     if not config.amp:
         return None
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
 def use_channels_last(config: TrainConfig, device: torch.device) -> bool:

@@ -219,7 +219,7 @@ def check_over_budget(row: Row, ctx: _Context) -> dict:
 
 def check_fp16_epoch(row: Row, ctx: _Context) -> dict:
     """One short epoch of train() in mixed precision: fp16 autocast + GradScaler on CUDA (there under
-    the row's budget, planned and enforced by train()), bf16 autocast on a CPU."""
+    the row's budget, planned and enforced by train()), on a CPU what config.autocast_dtype picks."""
     per_class = 1 if ctx.dry else 2  # 10 or 20 training images: a few batches
     data = ensure_dataset(ctx.scratch / "data", row.image_size, per_class, 1, seed=0, progress=False)  # 10 classes
     config = row_config(row, data=str(data), num_classes=10, epochs=1, amp=True, warmup_epochs=0,

@@ -48,12 +48,14 @@ def device_name(device: torch.device) -> str:
 
 
 def precision(config: TrainConfig) -> str:
-    """What "fp16" became on the device that ran: TrainConfig.amp is fp16 on CUDA, bf16 on a CPU."""
-    if not config.amp:
-        return "fp32"
-    if resolve_device(config.device).type == "cuda":
+    """What "fp16" became on the device that ran (config.autocast_dtype): fp16 on CUDA, bf16 on a CPU
+    with native bf16, fp32 on one without."""
+    dtype = autocast_dtype(config, resolve_device(config.device))
+    if dtype == torch.float16:
         return "fp16 (CUDA autocast + loss scaling)"
-    return "bf16 autocast (the CPU stand-in for fp16)"
+    if dtype == torch.bfloat16:
+        return "bf16 autocast (the CPU stand-in for fp16)"
+    return "fp32 (fp16 row; this CPU has no native bf16)" if config.amp else "fp32"
 
 
 @functools.cache

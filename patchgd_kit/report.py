@@ -191,7 +191,8 @@ def write_panda_table(results: list[RowResult], folder, data: PandaData, profile
                      "(at least 2), so that ResNet50 PatchGD fits this profile's time; the 'scale' "
                      "column gives the patch used, the 'patch (paper)' column the paper's")
     notes.append("- fp16 rows: mixed precision (TrainConfig.amp): fp16 autocast with loss scaling on "
-                 "CUDA, bf16 autocast on a CPU; the 'precision' column says which ran")
+                 "CUDA, bf16 autocast on a CPU with native bf16, fp32 on one without (emulated bf16 is "
+                 "10-40x slower); the 'precision' column says which ran")
     if "params_m" in results[0].row.paper:
         latencies = [run_latency(r, profile) for r in results]
         columns.update({

@@ -16,7 +16,7 @@ import pytest
 import tifffile
 import torch
 
-from patchgd_kit import latency, report, scaling
+from patchgd_kit import config as config_module, latency, report, scaling
 from patchgd_kit.cli import main as cli_main
 from patchgd_kit.data import UltraMNIST, ensure_dataset
 from patchgd_kit.errors import KitError
@@ -394,14 +394,19 @@ def test_parameters_are_the_papers_truncated_to_two_decimals():
     assert latency.paper_parameters_m("patchgd", 4096, 128) == 26.41
 
 
-@pytest.mark.parametrize("method, amp", [("gd", False), ("patchgd", True)])
-def test_latency_is_measured_on_the_runs_model(method, amp):
+@pytest.mark.parametrize("method, amp, native_bf16, precision", [
+    ("gd", False, True, "fp32"),
+    ("patchgd", True, True, "bf16 autocast (the CPU stand-in for fp16)"),
+    ("gd", True, False, "fp32 (fp16 row; this CPU has no native bf16)")])
+def test_latency_is_measured_on_the_runs_model(method, amp, native_bf16, precision, monkeypatch):
+    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: native_bf16)
     config = TrainConfig(method=method, backbone="mobilenet_v2", image_size=32, patch_size=16,
                          batch_size=2, amp=amp, device="cpu")
+    assert config_module.autocast_dtype(config, torch.device("cpu")) == (torch.bfloat16 if amp and native_bf16 else None)
     measured = latency.measure_latency(config, warmup=1, repeats=2)
     assert measured["images_per_s"] > 0 and measured["batch_size"] == 2
     assert measured["device"].startswith("CPU") and measured["repeats"] == 2
-    assert measured["precision"] == ("bf16 autocast (the CPU stand-in for fp16)" if amp else "fp32")
+    assert measured["precision"] == precision
 
 
 def fake_results(name: str, beyond: bool = False) -> list:
@@ -424,6 +429,7 @@ def fake_results(name: str, beyond: bool = False) -> list:
 
 
 def test_tables_name_the_standin_in_the_title_and_every_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(report, "run_latency", lambda result, profile: {
         "images_per_s": 12.345, "device": "CPU (2 threads)"})
     data = scaling.PandaData("stand-in", "stand-in, not PANDA: made up", 10, {})
@@ -434,8 +440,7 @@ def test_tables_name_the_standin_in_the_title_and_every_row(tmp_path, monkeypatc
     assert csv3["paper params (M)"].tolist() == [23.52, 26.39, 23.52, 26.4, 23.52, 26.4, 23.52, 26.41, 26.4]
     assert csv3["params (M)"].tolist() == csv3["paper params (M)"].tolist()
     assert csv3["latency img/s"].tolist() == [12.35] * 9 and csv3["paper latency img/s"].iloc[0] == 618.05
-    bf16 = "bf16 autocast (the CPU stand-in for fp16)"
-    assert csv3["precision"].tolist() == ["fp32"] * 4 + [bf16] * 5
+    assert csv3["precision"].tolist() == ["fp32"] * 4 + ["fp32 (fp16 row; this CPU has no native bf16)"] * 5
     assert csv3["sampling %"].tolist()[:2] == ["–", "30%"]
     md3 = (tmp_path / "table3.md").read_text()
     assert md3.startswith("## Table 3: ResNet50 on PANDA (6 ISUP grades) — run on the stand-in")
