@@ -11,8 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .files import atomic_write, write_text
-from .orderings import RowResult, budget_text, format_mean_std, orderings_markdown, term_values
-from .paper import FIGURE2
+from .orderings import RowResult, format_mean_std, orderings_markdown, term_values
+from .paper import FIGURE2, budget_text
 from .report import init_from_notes, init_name, markdown
 
 
@@ -42,14 +42,14 @@ def plot_figure2(results: list[RowResult]) -> Figure:
         mean = [statistics.fmean(v) for v in zip(*curves)]
         at_16gb = r.row.settings["memory_budget"] == "16GB"
         colour = colours[r.config.method]
-        name = f"{r.row.label} {budget_text(r.row.settings['memory_budget'])}"
-        ax.plot(x, mean, "-" if at_16gb else "--", color=colour, marker="o", markersize=3, label=f"{name}: measured")
+        ax.plot(x, mean, "-" if at_16gb else "--", color=colour, marker="o", markersize=3,
+                label=f"{r.row.name}: measured")
         if len(curves) > 1:
             std = [statistics.stdev(v) for v in zip(*curves)]
             ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             color=colour, alpha=0.15)
         ax.plot([paper_x], [r.row.paper["accuracy"]], marker="*" if at_16gb else "P", markersize=11, color=colour,
-                linestyle="none", label=f"{name}: paper, {r.row.paper['accuracy']}")
+                linestyle="none", label=f"{r.row.name}: paper, {r.row.paper['accuracy']}")
     ax.axvline(epochs + 0.5, color="#adb5bd", linewidth=0.8)
     ax.set_xticks([*range(1, epochs + 1, max(1, epochs // 10)), paper_x],
                   [*map(str, range(1, epochs + 1, max(1, epochs // 10))), "paper\n(epoch 100)"])

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import TrainConfig
-from .paper import Row, Table, Term
+from .paper import Row, Table, Term, budget_text
 
 
 @dataclass
@@ -42,10 +42,6 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def format_mean_std(values: list[float], digits: int = 1) -> str:
     mean, std = mean_std(values)
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
-
-
-def budget_text(budget: str | None) -> str:
-    return budget.replace("GB", " GB") if budget else "–"
 
 
 def term_values(term: Term, results: dict[str, RowResult], metric: str) -> tuple[float, list[float]]:

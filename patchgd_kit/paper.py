@@ -11,6 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def budget_text(budget: str | None) -> str:
+    """A budget as the tables print it: "16GB" → "16 GB", none → "–"."""
+    return budget.replace("GB", " GB") if budget else "–"
+
+
 @dataclass(frozen=True)
 class Row:
     """One line of a paper table: its numbers and the settings of its run at the paper's scale."""
@@ -29,7 +34,7 @@ class Row:
     def name(self) -> str:
         """The row as the tables name it: its label and budget ("GD 4 GB")."""
         budget = self.settings.get("memory_budget")
-        return f"{self.label} {budget.replace('GB', ' GB')}" if budget else self.label
+        return f"{self.label} {budget_text(budget)}" if budget else self.label
 
 
 # An ordering the paper reports, checked on the measured numbers. A term is a row id (that row's

@@ -14,8 +14,8 @@ import pandas as pd
 from .beyond import NOT_IN_PAPER, is_beyond
 from .files import write_text
 from .latency import LATENCY_REPEATS, LATENCY_WARMUP, paper_parameters_m, precision, run_latency
-from .orderings import RowResult, budget_text, format_mean_std, mean_std, orderings_markdown
-from .paper import OUTPUTS
+from .orderings import RowResult, format_mean_std, mean_std, orderings_markdown
+from .paper import OUTPUTS, budget_text
 from .profiles import Profile
 from .scaling import PandaData
 from .pretrain import load_weights_card
