@@ -93,13 +93,14 @@ def run_generate(args) -> None:
 
 
 def add_pretrain(p) -> None:
-    from .pretrain import DEFAULT_STEPS
+    from .pretrain import DEFAULT_LR, DEFAULT_STEPS
     options = {
         "--backbone": dict(required=True, help="resnet50 | mobilenet_v2"),
         "--image-size": dict(type=int, required=True, help="image side of the runs it is for (digit sizes scale with it)"),
         "--crop-size": dict(type=int, help="crop side seen by the backbone (default: half the image, the 2×2 grid's patch)"),
         "--min-digit-side": dict(type=int, help="digit side floor in px, as the data's (default: the recipe's 4)"),
         "--steps": dict(type=int, default=DEFAULT_STEPS, help="optimizer steps of 64 crops"),
+        "--lr": dict(type=float, default=DEFAULT_LR, help="Adam's peak learning rate"),
         "--seed": dict(type=int, default=0, help="random seed (init and crops)"),
         "--out": dict(required=True, help="weights file to write"),
         "--quiet": dict(action="store_true", help="no progress bar")}
@@ -112,7 +113,7 @@ def run_pretrain(args) -> None:
     from .pretrain import pretrain_backbone
     crop_size = args.image_size // 2 if args.crop_size is None else args.crop_size
     min_digit_side = MIN_DIGIT_SIDE if args.min_digit_side is None else args.min_digit_side
-    card = pretrain_backbone(args.backbone, args.image_size, crop_size, args.out, steps=args.steps, seed=args.seed,
+    card = pretrain_backbone(args.backbone, args.image_size, crop_size, args.out, steps=args.steps, lr=args.lr, seed=args.seed,
                              min_digit_side=min_digit_side, progress=not args.quiet)
     print(json.dumps(card, indent=2))
 

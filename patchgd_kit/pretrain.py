@@ -28,12 +28,13 @@ from tqdm.auto import tqdm
 
 from .data import normalize_uint8
 from .digits import MIN_DIGIT_SIDE, NUM_CLASSES, digit_side, draw_scale_factors, load_digit_pools, upscale
-from .errors import KitError, check_int
+from .errors import KitError, check_int, check_number
 from .models import backbone_of, classifier_model
 from .files import check_writable_file, save_torch
 from .training import adam
 
 DEFAULT_STEPS = 1000
+DEFAULT_LR = 1e-3  # Adam's peak lr, the paper's (Appendix C)
 
 
 def digit_crops(rng: np.random.Generator, pool, image_size: int, crop_size: int, n: int,
@@ -51,7 +52,7 @@ def digit_crops(rng: np.random.Generator, pool, image_size: int, crop_size: int,
 
 
 def pretrain_backbone(backbone: str, image_size: int, crop_size: int, out: str | Path, *, steps: int = DEFAULT_STEPS,
-                      batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+                      batch_size: int = 64, lr: float = DEFAULT_LR, seed: int = 0,
                       min_digit_side: int = MIN_DIGIT_SIDE, test_crops: int | None = None,
                       progress: bool = True) -> dict:
     """Train `backbone` to name the digit in a crop and write its trunk to `out` (atomically).
@@ -63,6 +64,7 @@ def pretrain_backbone(backbone: str, image_size: int, crop_size: int, out: str |
                                 ("min digit side", min_digit_side, MIN_DIGIT_SIDE), ("seed", seed, 0),
                                 ("test crops", 1 if test_crops is None else test_crops, 1)):
         check_int(name, value, lowest)
+    check_number("lr", lr, "a number > 0", lambda x: x > 0)
     test_crops = min(1024, steps * batch_size) if test_crops is None else test_crops
     settings = {"backbone": backbone, "image_size": image_size, "crop_size": crop_size, "steps": steps,
                 "batch_size": batch_size, "lr": lr, "seed": seed, "min_digit_side": min_digit_side}

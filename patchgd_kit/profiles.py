@@ -52,6 +52,8 @@ class Profile:
     # kit's choice at small scale, where the paper's lr on a few hundred steps unlearns the digits.
     trunk_lr_scale: float
     description: str
+    # Peak lr of the digits pretraining (pretrain.py; Adam, warm-up and decay as its own schedule).
+    pretrain_lr: float = 1e-3
     # Tables whose rows not in the paper (beyond.py: GD's alternatives, gd-checkpoint and gd-downscaled)
     # the reproduction trains beside the paper's rows.
     beyond: tuple[str, ...] = ()
@@ -87,26 +89,29 @@ PROFILES: dict[str, Profile] = {
     # cpu: designed to learn in the hour (docs/cpu-scale.md has every attempt, its curve and minutes).
     # At 128 px with the recipe's 4-7 px digits and random init every method stayed at chance; what
     # moves the runs is readable digits (floor 24 px: f <= 3 drawn at 24 px, the mix above kept), a
-    # backbone pretrained on single digits (the stand-in for ImageNet: 2,400 steps name 95% of held-out
-    # digits, 800 steps 88%, and the rows gain 8 points from it) fine-tuned at a tenth of the lr, many
-    # distinct images (4,500 x 2 epochs beat 1,500 x 6) and 4x more optimizer steps (every planned batch
-    # x 1/4: the budgets' ratios stay). ResNet50 costs 4-6x MobileNetV2 per image here, so its rows run
-    # at half the side, on fewer images, with digits of at least 16 px (12 px: its trunk names 72% of
-    # digits; 16 px: 85%), a trunk pretrained 1,500 steps (94% of digits, against 85% at 600 steps: its
-    # 16 GB rows gain 6-7 points for 3.6 more minutes), and batches x 1/2 (x 1/4 gave its 4 GB rows 2
-    # and 6 images a step: 12 images/s and no learning; x 1/2 runs all four rows in 2/3 of the time).
+    # backbone pretrained on single digits (the stand-in for ImageNet; the rows gain 8 points from it:
+    # 2,400 steps at lr 1e-3 name 95-96% of held-out digits, 800 steps 88%; 1,200 steps at 3e-3 name as
+    # many in half the time, and the rows measured downstream did as well or better, §12) fine-tuned at
+    # a tenth of the lr, many distinct images (4,500 x 2 epochs beat 1,500 x 6) and 4x more optimizer
+    # steps (every planned batch x 1/4: the budgets' ratios stay). ResNet50 costs 4-6x MobileNetV2 per
+    # image here, so its rows run at half the side, on fewer images, with digits of at least 16 px
+    # (12 px: its trunk names 72% of digits; 16 px: 85%), a trunk pretrained 750 steps at 3e-3 (91-94%
+    # of digits, as 1,500 at 1e-3; 600 at 1e-3: 85%, and its 16 GB rows 6-7 points lower), and batches
+    # x 1/2 (x 1/4 gave its 4 GB rows 2 and 6 images a step: 12 images/s and no learning; x 1/2 runs all
+    # four rows in 2/3 of the time).
     "cpu": Profile(
         name="cpu", image_size=128, patch_size=64, min_digit_side=24, per_class_train=450, per_class_test=50,
         epochs=2, warmup_epochs=0.5, sampling=0.25, max_sampled=1.0, panda_scale=16, panda_grid_scale=4,
         panda_per_class_train=8, panda_per_class_test=4, panda_epochs=1, seeds=1, batch_scale=0.25,
-        max_batch_size=None, weights="digits", pretrain_steps=2400, trunk_lr_scale=0.1,
+        max_batch_size=None, weights="digits", pretrain_steps=1200, pretrain_lr=3e-3, trunk_lr_scale=0.1,
         description="default without a GPU: every figure and table on 2 cores (docs/cpu-scale.md); UltraMNIST "
                     "at 128 px on 4,500 images x 2 epochs (ResNet50 rows 64 px, 3,000 x 2), digits of at least "
                     "24 px (16 px), digits-pretrained backbones with trunk lr x 0.1, planned batches x 1/4 (x 1/2)",
         # GD's alternatives (beyond.py) are left out of the hour: Table 2's four alone took 23 minutes
         # (docs/alternatives.md). `reproduce --alternatives` trains them beside Tables 1-3.
-        backbone_scale={"resnet50": {"image_size": 64, "patch_size": 32, "min_digit_side": 16, "pretrain_steps": 1500,
-                                     "per_class_train": 300, "epochs": 2, "batch_scale": 0.5}},
+        backbone_scale={"resnet50": {"image_size": 64, "patch_size": 32, "min_digit_side": 16,
+                                     "pretrain_steps": 750, "per_class_train": 300, "epochs": 2,
+                                     "batch_scale": 0.5}},
     ),
     "paper": Profile(
         name="paper", image_size=512, patch_size=256, min_digit_side=4, per_class_train=1000, per_class_test=200,
@@ -161,7 +166,7 @@ def profile_weights(profile: Profile, backbone: str, progress: bool = True) -> s
     from .pretrain import pretrain_backbone
     crop = profile.patch_size
     path = (profile_dir(profile) / "weights" / f"{backbone}-digits-{profile.image_size}px-crop{crop}-"
-            f"min{profile.min_digit_side}px-{profile.pretrain_steps}steps-seed0.pt")
+            f"min{profile.min_digit_side}px-{profile.pretrain_steps}steps-lr{profile.pretrain_lr:g}-seed0.pt")
     pretrain_backbone(backbone, profile.image_size, crop, path, steps=profile.pretrain_steps,
-                      min_digit_side=profile.min_digit_side, progress=progress)
+                      lr=profile.pretrain_lr, min_digit_side=profile.min_digit_side, progress=progress)
     return str(path)

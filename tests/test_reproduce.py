@@ -40,7 +40,7 @@ def test_a_row_runs_at_the_profiles_scale_with_the_planned_batch_capped(smoke_ru
     # digits-pretrained ResNet50, made on first use in its weights folder.
     gd = scaling.row_config(table, table.row("gd_4gb"), profile, seed=2)[0]
     assert config.weights == str(store.run_trunk_path(gd, smoke_runs / "smoke")) and gd.seed == 2
-    assert Path(gd.weights).name == "resnet50-digits-64px-crop32-min4px-2steps-seed0.pt"
+    assert Path(gd.weights).name == "resnet50-digits-64px-crop32-min4px-2steps-lr0.001-seed0.pt"
     assert Path(gd.weights).is_file()
     assert config.schedule() == (1, 4)  # the paper's k = 1, ζ = 4 on the 2×2 grid
     assert config.trunk_lr_scale == profile.trunk_lr_scale == 0.1
@@ -60,7 +60,7 @@ def test_one_batch_factor_and_a_backbones_own_scale(smoke_runs):
                                                                 "min_digit_side": 8}})
     table = PAPER["table1"]
     config, _, scale = scaling.row_config(table, table.row("gd_16gb"), profile)
-    assert (config.image_size, Path(config.weights).name) == (96, "resnet50-digits-96px-crop48-min8px-2steps-seed0.pt")
+    assert (config.image_size, Path(config.weights).name) == (96, "resnet50-digits-96px-crop48-min8px-2steps-lr0.001-seed0.pt")
     assert scale.startswith("96 px, digits ≥ 8 px;")
     mobilenet, *_ = scaling.row_config(PAPER["table2"], PAPER["table2"].row("gd_16gb"), profile)
     assert (mobilenet.image_size, mobilenet.epochs) == (64, 2)
