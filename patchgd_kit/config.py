@@ -147,12 +147,24 @@ def cpu_has_native_bf16() -> bool:
 
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """fp16 on CUDA (the paper's fp16 rows); a CPU has no fast fp16, so bf16 stands in where it is
-    native and fp32 runs where it is not (latency.precision says which ran)."""
+    native and fp32 runs where it is not (precision() names it; each epoch records it)."""
     if not config.amp:
         return None
     if device.type == "cuda":
         return torch.float16
     return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def precision(config: TrainConfig) -> str:
+    """What "fp16" becomes on this machine (autocast_dtype): fp16 on CUDA, bf16 on a CPU with native
+    bf16, fp32 on one without. Each epoch of a run records it (training.train_one_epoch): the report
+    reads what ran, not what the machine writing the report would run."""
+    dtype = autocast_dtype(config, resolve_device(config.device))
+    if dtype == torch.float16:
+        return "fp16 (CUDA autocast + loss scaling)"
+    if dtype == torch.bfloat16:
+        return "bf16 autocast (the CPU stand-in for fp16)"
+    return "fp32 (fp16 row; this CPU has no native bf16)" if config.amp else "fp32"
 
 
 def use_channels_last(config: TrainConfig, device: torch.device) -> bool:

@@ -36,7 +36,7 @@ from .errors import KitError
 from .files import check_writable_folder
 from .gpuplan import Row, dry_plan, paper_plan
 from .gpureport import CHECKS_DIR, write_report
-from .latency import device_name, measure_latency, precision
+from .latency import device_name, measure_latency
 from .livebytes import LiveBytes
 from .memory import ALLOCATOR_HEADROOM, CUDA_CONTEXT_BYTES
 from .methods import StepSettings, method_of
@@ -225,9 +225,9 @@ def check_fp16_epoch(row: Row, ctx: _Context) -> dict:
     config = row_config(row, data=str(data), num_classes=10, epochs=1, amp=True, warmup_epochs=0,
                         memory_budget=None if ctx.dry else row.budget, device=ctx.device.type)
     final = train(config, ctx.scratch / f"run-{row.method}", progress=False, restart=True)["final"]
-    keep = ("train_loss", "optimizer_steps", "train_images_per_s", "accuracy", "peak_allocated_bytes",
+    keep = ("precision", "train_loss", "optimizer_steps", "train_images_per_s", "accuracy", "peak_allocated_bytes",
             "peak_reserved_bytes")
-    return {"precision": precision(config), **{k: final[k] for k in keep if k in final}}
+    return {k: final[k] for k in keep if k in final}
 
 
 def check_speed(row: Row, ctx: _Context) -> dict:

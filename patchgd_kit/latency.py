@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from .config import TrainConfig, autocast_dtype, resolve_device
+from .config import TrainConfig, autocast_dtype, precision, resolve_device
 from .files import write_json
 from .methods import StepSettings, build_model, method_of, uses_patches
 from .models import count_parameters
@@ -45,17 +45,6 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     model = f"{cpu_model()}, " if cpu_model() else ""
     return f"CPU ({model}{torch.get_num_threads()} threads)"
-
-
-def precision(config: TrainConfig) -> str:
-    """What "fp16" became on the device that ran (config.autocast_dtype): fp16 on CUDA, bf16 on a CPU
-    with native bf16, fp32 on one without."""
-    dtype = autocast_dtype(config, resolve_device(config.device))
-    if dtype == torch.float16:
-        return "fp16 (CUDA autocast + loss scaling)"
-    if dtype == torch.bfloat16:
-        return "bf16 autocast (the CPU stand-in for fp16)"
-    return "fp32 (fp16 row; this CPU has no native bf16)" if config.amp else "fp32"
 
 
 @functools.cache

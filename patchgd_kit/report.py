@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from .beyond import NOT_IN_PAPER, is_beyond
+from .config import precision
 from .files import write_text
-from .latency import LATENCY_REPEATS, LATENCY_WARMUP, paper_parameters_m, precision, run_latency
+from .latency import LATENCY_REPEATS, LATENCY_WARMUP, paper_parameters_m, run_latency
 from .orderings import RowResult, format_mean_std, mean_std, orderings_markdown
 from .paper import OUTPUTS, budget_text
 from .profiles import Profile
@@ -171,6 +172,13 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
 
 
+def ran_in(result: RowResult) -> str:
+    """The precision the row's epochs recorded (one value, or each of them where a run was resumed on
+    another machine); runs stored before epochs recorded it are labelled as this machine would run them."""
+    recorded = {row["precision"]: None for run in result.runs for row in run["history"] if "precision" in row}
+    return " / ".join(recorded) if recorded else precision(result.config)
+
+
 def write_panda_table(results: list[RowResult], folder, data: PandaData, profile: Profile,
                       footer: str = "") -> pd.DataFrame:
     """``table3`` or ``table4`` (.csv, .md) in ``folder`` through write_table, with the
@@ -183,7 +191,7 @@ def write_panda_table(results: list[RowResult], folder, data: PandaData, profile
         "patch (paper)": [s.get("patch_size") or "–" for s in settings],
         "sampling %": [_percent(s.get("sampling")) for s in settings],
         "max sampled %": [_percent(s["max_sampled"]) if "sampling" in s else "–" for s in settings],
-        "precision": [precision(r.config) for r in results],
+        "precision": [ran_in(r) for r in results],
     }
     notes = [f"- data: {data.description}"]
     if profile.panda_grid_scale > 1:

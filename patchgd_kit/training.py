@@ -24,7 +24,7 @@ from sklearn.metrics import cohen_kappa_score
 from tqdm.auto import tqdm
 
 from . import distributed
-from .config import TrainConfig, autocast_dtype, resolve_device, use_channels_last, validate_device
+from .config import TrainConfig, autocast_dtype, precision, resolve_device, use_channels_last, validate_device
 from .data import UltraMNIST
 from .tiled import collate
 from .distributed import Processes
@@ -260,7 +260,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     seconds = time.perf_counter() - start
     row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "lr": run.scheduler.get_last_lr()[0],
            "optimizer_steps": steps, "train_seconds": seconds, "train_images_per_s": len(indices) / seconds,
-           **_peak_memory(device)}
+           "precision": precision(config), **_peak_memory(device)}
     return distributed.gather_row(row, run.processes, len(indices))
 
 

@@ -59,7 +59,8 @@ def test_dry_check_runs_every_section_and_writes_its_report(dry_report):
             assert row["status"] == "ok", row
     peaks = [r for r in report["rows"] if r["section"] == "peak"]
     assert peaks and all(math.isfinite(r["ratio_allocated"]) and r["ratio_allocated"] > 0 for r in peaks)
-    assert all(math.isfinite(r["train_loss"]) for r in report["rows"] if r["section"] == "fp16-epoch")
+    fp16_epochs = [r for r in report["rows"] if r["section"] == "fp16-epoch"]
+    assert all(math.isfinite(r["train_loss"]) and r["precision"] for r in fp16_epochs)  # what the epoch recorded
     assert all(r["images_per_s"] > 0 for r in report["rows"] if r["section"] == "latency")
     summary = report["summary"]
     assert summary["failed"] == 0 and "remain estimates" in summary["verdict"]

@@ -385,6 +385,7 @@ def test_the_full_resolution_row_trains_on_the_slides_level_read_a_patch_at_a_ti
     image, _ = train[0]
     assert isinstance(image, TiledImage) and image.width == tifffile.imread(image.path, key=2).shape[1]
     assert result.runs[0]["final"]["optimizer_steps"] == 2 and len(result.runs[0]["test_predictions"]) == 2
+    assert result.runs[0]["final"]["precision"] == config_module.precision(config)  # recorded by the epoch
     assert "not in the paper" in result.row.label and result.plan["batch_size"] == 1
 
 
@@ -426,6 +427,19 @@ def fake_results(name: str, beyond: bool = False) -> list:
         out.append(RowResult(table, row, config, {"batch_size": 8, "k": 1, "estimated_peak_bytes": 2**33},
                              "64 px; 30 train / 20 test images; 1 epochs", runs))
     return out
+
+
+def test_precision_column_says_what_the_run_recorded_not_this_machine(monkeypatch):
+    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: False)
+    fp16_row = fake_results("table3")[4]
+    assert fp16_row.config.amp
+    assert report.ran_in(fp16_row) == "fp32 (fp16 row; this CPU has no native bf16)"  # stored before epochs recorded it
+    history = fp16_row.runs[0]["history"]
+    history[0]["precision"] = "bf16 autocast (the CPU stand-in for fp16)"  # trained on a CPU with bf16
+    assert report.ran_in(fp16_row) == "bf16 autocast (the CPU stand-in for fp16)"
+    history.append({"precision": "fp32 (fp16 row; this CPU has no native bf16)"})  # resumed on this one
+    assert report.ran_in(fp16_row) == ("bf16 autocast (the CPU stand-in for fp16) / "
+                                       "fp32 (fp16 row; this CPU has no native bf16)")
 
 
 def test_tables_name_the_standin_in_the_title_and_every_row(tmp_path, monkeypatch):
