@@ -16,6 +16,7 @@ import torch
 
 from patchgd_kit.data import UltraMNIST
 from patchgd_kit.methods import StepSettings, build_model, method_of
+from patchgd_kit.runfolder import load_checkpoint
 from patchgd_kit.training import evaluate, evaluate_run
 
 
@@ -36,7 +37,7 @@ def recompute_statistics(model, method: str, dataset, images: int, batch: int) -
 def main(run_folder: str, images: int = 600, batch: int = 32) -> None:
     stored = evaluate_run(run_folder, device="cpu")
     print(f"as stored: accuracy {stored['accuracy']:.1f}%, test loss {stored['test_loss']:.2f}", flush=True)
-    state = torch.load(Path(run_folder) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(Path(run_folder), torch.device("cpu"))  # the kit's reader, as evaluate_run
     config = state["config"]
     model = build_model(config["method"], config["backbone"], config["num_classes"], config["image_size"],
                         config.get("patch_size"))
