@@ -1,4 +1,5 @@
-"""Algorithm 1 run live on one image: the kit's own `patchgd.train_batch`, watched from outside.
+"""Algorithm 1 run live on one image: the kit's own `patchgd.train_batch`, watched from outside; and
+a hand-written Algorithm 1 compared with it, gradient by gradient (`gradients_beside_train_batch`).
 
 Nothing here re-implements the algorithm. Hooks record what `train_batch` does while it runs:
 - on the image tensor X: ∂L/∂X of each inner iteration's backward pass (one pass per j);
@@ -19,7 +20,8 @@ from torch import nn
 
 from . import patchgd
 from .errors import KitError
-from .patches import patch_grid, sample_schedule
+from .models import ZHead
+from .patches import grid_shape, patch_grid, sample_schedule
 
 
 @dataclass
@@ -83,6 +85,62 @@ def live_table(batch: LiveBatch) -> pd.DataFrame:
                    "∂L/∂Z ≠ 0 on": int((gz != 0).sum()), "of cells": gz.numel(),
                    "optimizer step after j": "yes" if j in batch.steps_after else "no"}
     return pd.DataFrame(rows).T.rename_axis("j")
+
+
+class TinyPatchGD(nn.Module):
+    """A PatchGD model small enough to run Algorithm 1 written by hand in a second: a two-layer CNN as
+    f_θ1 (patch → s numbers) and the kit's head g_θ2 (``ZHead``) at width s."""
+
+    def __init__(self, image_size: int = 512, patch_size: int = 64, latent_dim: int = 8, num_classes: int = 10):
+        super().__init__()
+        self.patch_size, self.grid = patch_size, grid_shape(image_size, patch_size)
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 5, 4, 2), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, latent_dim))
+        self.head = ZHead(latent_dim, self.grid, num_classes, width=latent_dim)
+
+
+def _recorded_run(model: nn.Module, run, lr: float) -> list[list[torch.Tensor]]:
+    """`run(copy, optimizer)` on a copy of `model` in eval mode with SGD at `lr`; every parameter's
+    gradient as it stood at each optimizer step."""
+    net = copy.deepcopy(model).eval()
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    grads = []
+    optimizer.register_step_pre_hook(lambda *_: grads.append(
+        [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in net.parameters()]))
+    run(net, optimizer)
+    return grads
+
+
+def gradients_beside_train_batch(algorithm, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                                 k: int, zeta: int, epsilon: int, seed: int = 0, lr: float = 0.1) -> pd.DataFrame:
+    """A hand-written Algorithm 1 beside `patchgd.train_batch`: the same batch, the same sampled cells
+    (one seeded draw of `sample_schedule`), copies of `model` in eval mode, SGD at `lr`. `algorithm` is
+    called as ``algorithm(f_θ1, g_θ2, X, y, p, schedule, ε, optimizer)`` with the schedule (ζ, B, k).
+    One row per optimizer step: parameters compared, the largest |difference| of a gradient entry, and
+    whether every gradient is equal to float tolerance; an extra or missing step shows as a row of its own."""
+    m, n = model.grid
+    _check_schedule(m * n, k, zeta, epsilon)
+
+    def by_hand(net, optimizer):
+        schedule = sample_schedule(len(images), m * n, k, zeta, torch.Generator().manual_seed(seed))
+        algorithm(net.backbone, net.head, images, labels, net.patch_size, schedule, epsilon, optimizer)
+
+    def kit(net, optimizer):
+        patchgd.train_batch(net, images, labels, optimizer, k=k, inner_iterations=zeta, grad_accum=epsilon,
+                            generator=torch.Generator().manual_seed(seed))
+
+    yours, theirs = _recorded_run(model, by_hand, lr), _recorded_run(model, kit, lr)
+    rows = []
+    for step in range(max(len(yours), len(theirs))):
+        if step >= len(yours) or step >= len(theirs):
+            rows.append({"optimizer step": step + 1, "parameters": 0, "largest |difference|": float("nan"),
+                         "equal": False, "note": "only " + ("train_batch" if step >= len(yours) else "yours")})
+            continue
+        pairs = list(zip(yours[step], theirs[step]))
+        rows.append({"optimizer step": step + 1, "parameters": len(pairs),
+                     "largest |difference|": max(float((a - b).abs().max()) for a, b in pairs),
+                     "equal": all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in pairs), "note": ""})
+    return pd.DataFrame(rows).set_index("optimizer step")
 
 
 # Algorithm 1 as the paper prints it, each line with a piece of `train_batch`'s source that carries it

@@ -21,6 +21,7 @@ from PIL import Image
 from . import digits
 from .data import UltraMNIST
 from .patches import grid_shape, sample_schedule, schedule_for
+from .schematic import figure3_schematic  # noqa: F401 (the notebooks' one place for figures)
 
 # Cell states in Algorithm 1, one colour each in every schedule picture.
 GRADIENT = "#e8590c"   # sampled at this inner iteration: f_θ1 runs with gradient
