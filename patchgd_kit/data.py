@@ -34,6 +34,7 @@ from .digits import (HALF_SIZE_PROB, LAYOUT_RESTARTS, MAX_IMAGE_SIZE, MAX_TILED_
                      SCALE_FACTORS, SCALE_WEIGHTS, SPLITS, draw_layout, generate_image, load_digit_pools, paint)
 from .errors import KitError, check_int
 from .files import building, locked, write_json
+from .progress import bar_disabled
 from .tiled import TiledImage, check_tile, normalize_uint8, write_tiled
 
 # Shrinking the canvas averages the source pixels under each target pixel (PIL's box filter): no
@@ -135,7 +136,8 @@ def _write_split(folder: Path, pool, params: dict, workers: int, progress: bool)
     total = params["per_class"] * NUM_CLASSES
     init_args = (pool, str(folder), params["image_size"], params["seed"], SPLITS.index(params["split"]),
                  params.get("min_digit_side", MIN_DIGIT_SIDE), params.get("tile"))
-    bar = dict(total=total, desc=f"UltraMNIST {params['split']} {params['image_size']}px", disable=not progress)
+    bar = dict(total=total, desc=f"UltraMNIST {params['split']} {params['image_size']}px",
+               disable=bar_disabled(progress))
     if workers == 1:
         _init_worker(*init_args)
         rows = [_write_one(i) for i in tqdm(range(total), **bar)]
@@ -362,7 +364,8 @@ def _shrink_split(split_dir: Path, folder: Path, card: dict, size: int, derived:
     original = card["params"]["image_size"]
     with open(split_dir / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    for row in tqdm(rows, desc=f"shrink {split_dir.name} {original}→{size} px", disable=not progress):
+    for row in tqdm(rows, desc=f"shrink {split_dir.name} {original}→{size} px",
+                    disable=bar_disabled(progress)):
         with Image.open(split_dir / row["image"]) as im:
             save_png(im.resize((size, size), SHRINK), folder / row["image"])
         boxes = json.loads(row["boxes"])

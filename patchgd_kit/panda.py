@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from .data import SHRINK, SPLITS, csv_text, kit_version, save_png
 from .errors import KitError, check_int
 from .files import building, locked, write_json, write_text
+from .progress import bar_disabled
 from .tiled import TiledImage, pyramid
 
 PANDA_COLUMNS = ("image_id", "data_provider", "isup_grade", "gleason_score")
@@ -261,7 +262,7 @@ def _process_slides(tasks: list[tuple[str, str]], init_args: tuple, workers: int
             pool = stack.enter_context(multiprocessing.Pool(workers, _init_worker, init_args))
             results = pool.imap(_preprocess_one, tasks)
         bar = stack.enter_context(tqdm(total=len(tasks), desc=f"PANDA slides → {init_args[2][0]} px",
-                                       disable=not progress))
+                                       disable=bar_disabled(progress)))
         for image_id, written_now, reason in results:
             written += written_now
             if reason is not None:

@@ -31,6 +31,7 @@ from .digits import MIN_DIGIT_SIDE, NUM_CLASSES, digit_side, draw_scale_factors,
 from .errors import KitError, check_int, check_number
 from .models import backbone_of, classifier_model
 from .files import check_writable_file, save_torch
+from .progress import bar_disabled
 from .training import adam
 
 DEFAULT_STEPS = 1000
@@ -90,7 +91,7 @@ def pretrain_backbone(backbone: str, image_size: int, crop_size: int, out: str |
         optimizer, lambda s: s / warm if s < warm else 1 - 0.9 * (s - warm) / max(1, steps - warm))
     start, losses = time.perf_counter(), []
     model.train()
-    for step in tqdm(range(steps), desc=f"pretrain {backbone} on digit crops", disable=not progress):
+    for step in tqdm(range(steps), desc=f"pretrain {backbone} on digit crops", disable=bar_disabled(progress)):
         crops, digits = digit_crops(np.random.default_rng([seed, step]), pools["train"], image_size, crop_size,
                                     batch_size, min_digit_side)
         x = normalize_uint8(crops)

@@ -30,6 +30,7 @@ from .tiled import collate
 from .distributed import Processes
 from .errors import KitError
 from .files import locked, write_json
+from .progress import bar_disabled
 from .memory import Plan, limit_cuda_memory, out_of_memory_error, plan_for_config
 from .methods import StepSettings, build_model, method_of, uses_patches
 from .models import trunk_of
@@ -244,7 +245,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     mine = distributed.share_of(indices, config.batch_size, run.processes)
     bar = tqdm(_batches(run.train_set, mine, config.batch_size, config.workers), total=run.batches_per_epoch,
                desc=f"{config.method} {config.backbone} epoch {epoch}/{config.epochs}",
-               disable=not run.progress, leave=False)
+               disable=bar_disabled(run.progress), leave=False)
     start, losses, steps = time.perf_counter(), [], 0
     for images, labels in bar:
         loss, n = _train_batch(run, images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
