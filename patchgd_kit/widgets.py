@@ -9,6 +9,7 @@ image, ε larger than ζ, ...) shows the kit's one-line KitError message, not a 
 """
 from __future__ import annotations
 
+import comm
 import ipywidgets as W
 import numpy as np
 import torch
@@ -22,14 +23,33 @@ from .errors import KitError
 from .notebook import peak_memory_estimates
 
 
+# What a frontend with a widget manager sends with each execute request: JupyterLab and Notebook 7
+# put the notebook's deleted cells and its timing setting into the request's metadata; VS Code names the
+# cell by its document's URI. nbclient (papermill, `nbconvert --execute`), nbval and `jupyter console`
+# send none of these.
+WIDGET_FRONTEND_METADATA = {"deletedCells", "recordTiming"}
+VSCODE_CELL = "vscode-notebook-cell"
+_shown: list[W.Widget] = []  # the controls handed to a frontend, to notice one that refused them
+
+
 def has_frontend() -> bool:
-    """Whether the running cell came from a frontend that draws widgets. JupyterLab, Notebook and VS
-    Code send execute requests with allow_stdin true; nbclient (papermill, `nbconvert --execute`) and
-    nbval send false, having nobody to type into a prompt, and nobody to move a slider either. Outside
-    a kernel (plain Python, an IPython terminal) there is no frontend at all."""
+    """Whether the running cell came from a frontend that draws widgets: JupyterLab, Notebook 7 or VS
+    Code (known by their execute request's metadata, above), and not one that closed the comm of
+    controls shown earlier, which is what a frontend without a widget manager (a Lab without the
+    widgets extension) does with every widget. allow_stdin cannot decide: `jupyter console` sends it
+    true, as Lab does, and draws no widget. Outside a kernel (plain Python, an IPython terminal) there
+    is no frontend at all."""
     kernel = getattr(get_ipython(), "kernel", None)
     parent = kernel.get_parent("shell") if kernel is not None else None
-    return bool((parent or {}).get("content", {}).get("allow_stdin"))
+    metadata = (parent or {}).get("metadata") or {}
+    from_widget_frontend = bool(WIDGET_FRONTEND_METADATA & set(metadata)) or \
+        str(metadata.get("cellId", "")).startswith(VSCODE_CELL)
+    return from_widget_frontend and not any(_refused_by_frontend(box) for box in _shown)
+
+
+def _refused_by_frontend(box: W.Widget) -> bool:
+    """The frontend closed the comm of controls the kit did not close itself (close() drops `comm`)."""
+    return box.comm is not None and box.model_id not in comm.get_comm_manager().comms
 
 
 def _render_or_explain(render, values: dict) -> None:
@@ -59,7 +79,9 @@ def _explorer(render, controls: dict, interactive: bool, extra=()):
         control.observe(redraw, names="value")
     redraw()
     wrap = W.Layout(flex_flow="row wrap")
-    return W.VBox([W.HBox([*controls.values(), *extra], layout=wrap), out])
+    box = W.VBox([W.HBox([*controls.values(), *extra], layout=wrap), out])
+    _shown.append(box)
+    return box
 
 
 def sample_explorer(pool, *, image_size: int = 512, seed: int = 0, scale_range=(1, 9), interactive: bool = True):

@@ -103,18 +103,27 @@ def test_invalid_widget_choices_print_one_line_instead_of_raising(image, capsys,
 
 
 class FakeKernel:
-    def __init__(self, allow_stdin):
-        self.allow_stdin = allow_stdin
+    def __init__(self, metadata, allow_stdin=True):
+        self.request = {"content": {"code": "", "allow_stdin": allow_stdin}, "metadata": metadata}
 
     def get_parent(self, channel):
-        return {"content": {"code": "", "allow_stdin": self.allow_stdin}}
+        return self.request
+
+
+def _shell(metadata, allow_stdin=True):
+    return type("Shell", (), {"kernel": FakeKernel(metadata, allow_stdin)})()
+
+
+LAB = {"deletedCells": [], "recordTiming": False, "cellId": "7d2f"}
 
 
 @pytest.mark.parametrize("shell, expected", [
-    (None, False),                                              # plain Python
-    (object(), False),                                          # an IPython terminal: no kernel
-    (type("Shell", (), {"kernel": FakeKernel(False)})(), False),  # papermill, nbconvert, nbval
-    (type("Shell", (), {"kernel": FakeKernel(True)})(), True),    # JupyterLab, Notebook, VS Code
+    (None, False),                                                               # plain Python
+    (object(), False),                                                           # an IPython terminal: no kernel
+    (_shell({}, allow_stdin=False), False),                                      # papermill, nbconvert, nbval
+    (_shell({}), False),                                                         # jupyter console
+    (_shell(LAB), True),                                                         # JupyterLab, Notebook 7
+    (_shell({"cellId": "vscode-notebook-cell:/home/a/01.ipynb#W1sZmlsZQ"}), True),  # VS Code
 ])
 def test_widgets_know_whether_a_frontend_can_draw_them(monkeypatch, shell, expected):
     monkeypatch.setattr(widgets, "get_ipython", lambda: shell)
