@@ -69,7 +69,7 @@ ZETA = "zeta"  # grad_accum = ζ: one optimizer step per batch (the paper's PAND
 def _method_rows(backbone: str, accuracies: dict[str, float]) -> tuple[Row, ...]:
     """Tables 1 and 2: GD, GD-extended and PatchGD (p = 256) at 16 and 4 GB; PatchGD at 4 GB starts from
     GD 4 GB's trained backbone (Appendix C)."""
-    labels = {"gd": "GD", "gd-extended": "GD-extended", "patchgd": "PatchGD (p=256)"}
+    labels = {"gd": "GD", "gd-extended": "GD-extended", "patchgd": "PatchGD"}  # the patch: in the settings
     rows = []
     for budget in ("16GB", "4GB"):
         for method, label in labels.items():

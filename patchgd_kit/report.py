@@ -14,6 +14,7 @@ import pandas as pd
 from .beyond import NOT_IN_PAPER, is_beyond
 from .config import precision
 from .files import write_text
+from .methods import uses_patches
 from .latency import LATENCY_REPEATS, LATENCY_WARMUP, paper_parameters_m, run_latency
 from .orderings import RowResult, format_mean_std, mean_std, orderings_markdown
 from .paper import OUTPUTS, budget_text
@@ -47,11 +48,21 @@ def _peak_measured(result: RowResult) -> float | None:
     return max(peaks) / GiB if peaks else None
 
 
+def run_label(result: RowResult) -> str:
+    """The method as the tables and Figure 2 print a run: a PatchGD row says the patch it ran with and,
+    where that differs, the paper's ("PatchGD (p = 32; paper 256)")."""
+    label = result.row.label
+    if not uses_patches(result.config.method):
+        return label
+    used, paper = result.config.patch_size, result.table.settings(result.row).get("patch_size")
+    return f"{label} (p = {used}" + (f"; paper {paper})" if paper not in (None, used) else ")")
+
+
 def table_frame(results: list[RowResult]) -> pd.DataFrame:
     """One line per paper row: paper, measured (mean and std over seeds), difference, and how it ran."""
     lines = []
     for r in results:
-        line = {"method": r.row.label, "memory": budget_text(r.row.settings.get("memory_budget"))}
+        line = {"method": run_label(r), "memory": budget_text(r.row.settings.get("memory_budget"))}
         for metric in r.table.metrics:
             name = METRIC_NAMES[metric]
             mean, std = mean_std(r.values(metric))

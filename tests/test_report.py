@@ -111,6 +111,7 @@ def test_table_has_paper_measured_and_difference_for_every_row(tmp_path):
     assert {"paper accuracy %", "measured accuracy %"} <= set(csv.columns)
     md = (tmp_path / "table1.md").read_text()
     assert "| GD | 16 GB | 65.2 | 25.0 ± 7.1 |" in md and "GPU hours: none" in md
+    assert "| PatchGD (p = 32; paper 256) | 16 GB | 69.2 |" in md  # the patch it ran with, and the paper's
     assert "random weights" in md
 
 
@@ -144,9 +145,9 @@ def test_orderings_are_decided_by_the_measured_numbers():
 def test_orderings_put_the_papers_larger_side_first():
     fake = _fake("table1", {"gd_4gb": [50.0], "patchgd_4gb": [40.0], "gd_16gb": [10.0], "patchgd_16gb": [30.0]})
     claims = {c["claim"]: c for c in orderings.orderings(fake, FIGURE2["claims"])}
-    gap = claims["(PatchGD (p=256) 4 GB − GD 4 GB) > (PatchGD (p=256) 16 GB − GD 16 GB)"]
+    gap = claims["(PatchGD 4 GB − GD 4 GB) > (PatchGD 16 GB − GD 16 GB)"]
     assert gap["paper"] == pytest.approx((9.5, 4.0)) and gap["measured"] == (-10.0, 20.0)
-    assert claims["PatchGD (p=256) 16 GB > GD 16 GB"]["margin"] == 20.0
+    assert claims["PatchGD 16 GB > GD 16 GB"]["margin"] == 20.0
 
 
 def test_figure2_and_its_gaps(tmp_path):
@@ -154,6 +155,8 @@ def test_figure2_and_its_gaps(tmp_path):
     figure.write_figure2(fake, tmp_path)
     for name in ("figure2.png", "figure2.svg", "figure2.md"):
         assert (tmp_path / name).stat().st_size > 0
+    legend = [text.get_text() for text in figure.plot_figure2(fake).legends[0].get_texts()]
+    assert "PatchGD (p = 32; paper 256) 16 GB: measured" in legend and "PatchGD (p = 256) 16 GB: paper, 69.2" in legend
     gaps = figure.figure2_gaps(fake)
     assert gaps["paper text gap"].tolist() == [4.0, 13.0]
     assert gaps["paper Table 1 gap"].tolist() == pytest.approx([4.0, 9.5])

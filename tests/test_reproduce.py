@@ -84,7 +84,7 @@ def test_low_memory_patchgd_starts_from_the_gd_runs_trained_backbone(smoke_runs)
     assert store.is_finished(gd, folder) and result.config.weights == str(store.run_trunk_path(gd, folder))
     assert "backbone from the GD 4 GB run (Appendix C)" in result.scale
     from patchgd_kit.report import notes
-    assert ("PatchGD (p=256) 4 GB: as in Appendix C, its backbone starts from the trained backbone of this table's "
+    assert ("PatchGD 4 GB: as in Appendix C, its backbone starts from the trained backbone of this table's "
             "GD 4 GB run") in notes([result])
     trained = build_model("gd", "mobilenet_v2", 10, 64, 32)
     trained.load_state_dict(torch.load(store.run_folder(gd, folder) / "checkpoint.pt", weights_only=False)["model"])
