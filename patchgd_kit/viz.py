@@ -122,7 +122,8 @@ def plot_dataset_stats(splits: dict) -> Figure:
         counts.bar(n + i * width, [per_image[k] for k in n], width, label=name)
     balance.set(title="images per class (label = digit sum)", xlabel="label", xticks=classes)
     counts.set(title="digits per image", xlabel="digits", xticks=digits.DIGIT_COUNTS)
-    balance.legend(fontsize=8)
+    balance.set_ylim(top=1.3 * max(balance.get_ylim()[1], 1))  # room above the bars for the legend
+    balance.legend(fontsize=8, loc="upper center", ncols=len(splits))
 
     first = next(iter(splits.values()))
     image_size = first.image_size
@@ -135,7 +136,8 @@ def plot_dataset_stats(splits: dict) -> Figure:
     sizes.bar(positions + 0.2, [expected.get(s, 0) for s in sides], 0.4, label="recipe weights")
     sizes.set(title=f"digit side (px) on {image_size} px images", ylabel="fraction of digits",
               xticks=positions, xticklabels=sides)
-    sizes.legend(fontsize=8)
+    sizes.set_ylim(top=1.3 * sizes.get_ylim()[1])
+    sizes.legend(fontsize=8, loc="upper center", ncols=2)
     return fig
 
 
