@@ -6,7 +6,7 @@ PROFILE ?=
 SEEDS  ?= 1
 OUT    ?=
 
-.PHONY: install reproduce test benchmark gpu-check clean-runs
+.PHONY: install lab reproduce test benchmark gpu-check clean-runs
 
 install: $(VENV)/.installed
 
@@ -16,6 +16,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
+
+# JupyterLab on notebooks/, from the venv (created on first use); KIT_PROFILE=smoke|binder|cpu picks the run size.
+lab: install
+	$(PY) -m jupyterlab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # The reproduction: every numbered notebook headless (papermill), results in runs/<profile>/.
 # Profile: $KIT_PROFILE, else cpu, also on a GPU machine (PROFILE=paper asks for the paper's
