@@ -83,13 +83,38 @@ def test_unknown_parameter_is_an_error_before_anything_runs(tmp_path):
     assert not (tmp_path / "out.ipynb").exists()
 
 
+def _exercises(name):
+    """The notebook's "## Summary" cell and its exercise cells: from "## Exercises" to an "## Appendix"
+    (folded reference material) or the end."""
+    cells = _read(name).cells
+    start = next(i for i, c in enumerate(cells) if c.cell_type == "markdown" and c.source.startswith("## Exercises"))
+    end = next((i for i, c in enumerate(cells) if i > start and c.cell_type == "markdown"
+                and c.source.startswith("## Appendix")), len(cells))
+    summary = next(c for c in reversed(cells[:start]) if c.cell_type == "markdown")
+    return summary, cells[start:end]
+
+
 @pytest.mark.parametrize("name", TEACHING)
 def test_teaching_notebooks_end_with_a_summary_and_exercises_with_folded_answers(name):
-    cells = [c for c in _read(name).cells if c.cell_type == "markdown"]
-    summary, exercises = cells[-2].source, cells[-1].source
-    assert summary.startswith("## Summary") and exercises.startswith("## Exercises")
-    answers = exercises.count("<details><summary>Answer</summary>")
-    assert 3 <= answers <= 5 and answers == exercises.count("</details>")
+    summary, exercises = _exercises(name)
+    assert summary.source.startswith("## Summary")
+    text = "".join(c.source for c in exercises if c.cell_type == "markdown")
+    answers = text.count("<details><summary>Answer</summary>")
+    assert 3 <= answers <= 8 and answers == text.count("</details>")
+
+
+CODING_EXERCISES_PENDING = {"04_train_patchgd.ipynb": "being rewritten; its coding exercises are merged with it"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=CODING_EXERCISES_PENDING[n]))
+                                  if n in CODING_EXERCISES_PENDING else n for n in TEACHING])
+def test_teaching_notebooks_have_coding_exercises_with_checks(name):
+    """At least two exercises make the reader write or break code: a code cell in the exercises that
+    checks what the reader wrote (it runs as committed, doing nothing until the reader fills it in)."""
+    _, exercises = _exercises(name)
+    checks = [c for c in exercises if c.cell_type == "code" and ("assert" in c.source or "gradients_beside" in c.source
+                                                                 or "check" in c.source)]
+    assert len(checks) >= 2
 
 
 @pytest.mark.parametrize("name", ALL[4:])
@@ -115,6 +140,8 @@ def test_papermill_without_parameters_draws_the_widgets_as_static_pngs(tmp_path,
     for name in TEACHING[:2]:
         out = run_notebook(NOTEBOOKS / name, tmp_path / name)
         executed[name] = [c for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"]
+        # TQDM_DISABLE=1: no progress bar leaves a widget view either (the kit passes disable= itself).
+        assert not [c.source for c in executed[name] if any(WIDGET_VIEW in o.get("data", {}) for o in c.outputs)]
         widget_cells = [c for c in executed[name] if "widgets." in c.source]
         assert widget_cells
         for cell in widget_cells:
