@@ -121,7 +121,7 @@ PAPER: dict[str, Table] = {t.name: t for t in (
                    amp=True),
         _panda_row("patchgd_fp16_4096_p256", "PatchGD-fp16", 4096, "24GB", 55.6, 0.672, 26.40, 9.62, 256, 0.1,
                    amp=True)),
-          # §4.3: PatchGD beats GD at 2048 and 4096 px (at 512 they are "approximately similar"), and
+          # §4.2: PatchGD beats GD at 2048 and 4096 px (at 512 they are "approximately similar"), and
           # patch 256 beats patch 128 at 4096.
           (("patchgd_2048", "gd_2048"), ("patchgd_fp16_2048", "gd_fp16_2048"),
            ("patchgd_fp16_4096_p128", "gd_fp16_4096"), ("patchgd_fp16_4096_p256", "patchgd_fp16_4096_p128")),
@@ -133,7 +133,7 @@ PAPER: dict[str, Table] = {t.name: t for t in (
                          qwk, None, None, 128, s, max_sampled=m)
               for s, m, acc, qwk in ((0.5, 1.0, 42.3, 0.538), (0.3, 1.0, 49.9, 0.613), (0.1, 1.0, 53.9, 0.627),
                                      (0.1, 0.7, 53.1, 0.624), (0.1, 0.5, 53.9, 0.622), (0.1, 0.3, 51.1, 0.610))),
-          # §4.3: a small sampling fraction does better; a low max sampled fraction does worse.
+          # §4.2: a small sampling fraction does better; a low max sampled fraction does worse.
           (("s10_m100", "s30_m100"), ("s30_m100", "s50_m100"), ("s10_m100", "s10_m30"))),
     Table("table5_6", "Tables 5 and 6: gradient accumulation ε, MobileNetV2 PatchGD on UltraMNIST 512×512, 16 GB",
           "ultramnist", ("accuracy",), ULTRAMNIST_512, tuple(
