@@ -24,3 +24,10 @@ def check_number(name: str, value, allowed: str, ok: Callable[[float], bool]) ->
     """A finite number for which `ok` holds (inf and nan never are); `allowed` says which in words."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
         raise KitError(f"{name} {value!r} is not allowed; allowed: {allowed}")
+
+
+def check_path(name: str, value) -> str:
+    """A path that is not empty: "" would mean the current folder (`Path("")` is "."), never what was meant."""
+    if value is None or not str(value).strip():
+        raise KitError(f"{name} {value!r} is not allowed; allowed: a path that is not empty")
+    return str(value)

@@ -7,7 +7,8 @@ through its entry, so a new method (a baseline, a variant) is one entry here.
 - ``patchgd``: Algorithm 1 (``patchgd.train_batch``) on a grid of patches; patch size, sampling,
   max sampled and ε apply to it alone (``Method.patches``).
 - ``gd-checkpoint``, ``gd-downscaled``: GD with its trunk activation-checkpointed, GD on the image
-  resized to ``downscaled_side`` (``alternatives``); ``streaming``: Streaming SGD (``streaming``).
+  resized to ``downscaled_side`` (``alternatives``); ``streaming``: Streaming SGD through lightstream
+  (``streaming``), BatchNorm frozen; ``gd-frozen-bn``: GD with BatchNorm frozen alike, its baseline.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import alternatives, gd, patchgd
+from . import alternatives, gd, patchgd, streaming
 from .errors import KitError
 from .models import GDExtended, PatchGDModel, backbone_of, classifier_model
 
@@ -71,6 +72,16 @@ def _downscaled_predict(model, images, s: StepSettings):
     return _gd_predict(model, alternatives.downscale(images, s.input_side), s)
 
 
+def _streaming_step(model, images, labels, optimizer, s: StepSettings):
+    if s.through is not None:
+        raise KitError("streaming trains in one process: its trunk's gradients are not all-reduced")
+    return streaming.train_batch(model, images, labels, optimizer, amp_dtype=s.amp_dtype, scaler=s.scaler)
+
+
+def _streaming_predict(model, images, s: StepSettings):
+    return streaming.predict(model, images, amp_dtype=s.amp_dtype)
+
+
 def _patchgd_step(model, images, labels, optimizer, s: StepSettings):
     return patchgd.train_batch(model, images, labels, optimizer, k=s.k, inner_iterations=s.inner_iterations,
                                grad_accum=s.grad_accum, generator=s.generator, fill_chunk=s.fill_chunk,
@@ -98,6 +109,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("gd-downscaled", "GD-downscaled", False,
            lambda backbone, classes, image, patch, weights: classifier_model(backbone, classes, weights),
            _downscaled_step, _downscaled_predict, needs=("downscaled_side",)),
+    Method("streaming", "Streaming SGD", False,
+           lambda backbone, classes, image, patch, weights: streaming.build(backbone, classes, image, weights),
+           _streaming_step, _streaming_predict),
+    Method("gd-frozen-bn", "GD, BatchNorm frozen", False,
+           lambda backbone, classes, image, patch, weights: streaming.frozen_bn_classifier(backbone, classes, weights),
+           _gd_step, _gd_predict),
 )}
 
 

@@ -211,6 +211,8 @@ def trunk_of(model: nn.Module, backbone: str) -> nn.Module:
         return model.backbone.trunk
     if isinstance(model, GDExtended):
         return model.features
+    if hasattr(model, "streamed"):  # streaming.StreamingClassifier: its trunk runs in tiles
+        return model.trunk
     return backbone_of(backbone).trunk(model)
 
 

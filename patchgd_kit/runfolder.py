@@ -1,11 +1,13 @@
 """A run's folder: claiming it for a config, the checkpoints that save and restore a run, and the
 saved result of a finished one.
 
-A run folder holds `config.json`, `metrics.jsonl` (one line per finished epoch), `checkpoint.pt`
-(model, optimizer, scheduler, scaler, RNG states and the history; written atomically) with the one
-before it as `checkpoint.prev.pt`, and, once finished, `summary.json`. Another config in a folder that
-holds trained epochs is refused (unless restarting); in one that holds none it replaces them. A
-damaged checkpoint falls back to the one before it.
+A run folder holds `.patchgd-run` (the marker, written first: the kit's version and the config's hash),
+`config.json`, `metrics.jsonl` (one line per finished epoch), `checkpoint.pt` (model, optimizer,
+scheduler, scaler, RNG states and the history; written atomically) with the one before it as
+`checkpoint.prev.pt`, and, once finished, `summary.json`. The kit writes only into an empty folder or
+one its marker says is the kit's: a folder of someone else's files is refused, whatever it holds.
+Another config in a folder that holds trained epochs is refused (unless restarting); in one that holds
+none it replaces them. A checkpoint that cannot be read, for any reason, falls back to the one before it.
 """
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
+from .data import kit_version
 from .errors import KitError
-from .files import atomic_write, save_torch, write_json
+from .files import atomic_write, content_hash, save_torch, write_json
 
 
-CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
+CHECKPOINT, PREVIOUS, MARKER, LOCK = "checkpoint.pt", "checkpoint.prev.pt", ".patchgd-run", ".lock"
 RUN_FILES = ("config.json", "plan.json", "metrics.jsonl", CHECKPOINT, PREVIOUS, "summary.json")
 TRAINED_FILES = (CHECKPOINT, PREVIOUS, "summary.json")  # a folder with one of these holds trained epochs
 
@@ -62,10 +65,10 @@ def _config_conflict(out: Path, config: TrainConfig) -> tuple[str, str] | None:
         return None
     try:
         saved = json.loads(path.read_text())
-    except ValueError as exc:  # not JSON, or not text
+    except (ValueError, RecursionError) as exc:  # not JSON, not text, or nested past Python's limit
         saved = exc
     if not isinstance(saved, dict):
-        return (f"{path} is unreadable ({saved if isinstance(saved, ValueError) else 'not a JSON object'})",
+        return (f"{path} is unreadable ({saved if isinstance(saved, Exception) else 'not a JSON object'})",
                 "delete it to resume from the checkpoint (whose own config is checked), or rerun with "
                 "--restart to begin the run again")
     key = config.key()
@@ -76,9 +79,57 @@ def _config_conflict(out: Path, config: TrainConfig) -> tuple[str, str] | None:
             "use another --out, rerun with --restart to begin the run again, or delete that folder")
 
 
+def _has_marker(out: Path) -> bool:
+    """Whether `out` holds the marker the kit writes first into a run folder; a file of that name that
+    the kit did not write is refused."""
+    path = out / MARKER
+    try:
+        marker = json.loads(path.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, RecursionError):
+        marker = None
+    if not (isinstance(marker, dict) and marker.get("kit") == "patchgd-kit"):
+        raise KitError(f"{path} is not a marker the kit wrote; nothing in {out} was changed: use another --out")
+    return True
+
+
+def _older_kits_run(out: Path, names: list[str], config: TrainConfig) -> bool:
+    """A run folder written before markers: run files only, its config.json this very config's."""
+    if not set(names) <= set(RUN_FILES):
+        return False
+    try:
+        return json.loads((out / "config.json").read_text()) == config.key()
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
+def _foreign_files(out: Path, config: TrainConfig) -> list[str]:
+    """The files that make `out` someone else's folder: none when it is absent, empty, marked as the
+    kit's, or an older kit's run of this config. A lock, or the temporary file of a marker being
+    written when the process was killed, is the kit's own."""
+    if not out.is_dir() or _has_marker(out):
+        return []
+    names = sorted(p.name for p in out.iterdir() if p.name != LOCK and not p.name.startswith(f".{MARKER}."))
+    return [] if _older_kits_run(out, names, config) else names
+
+
+def check_run_folder(out: Path, config: TrainConfig) -> None:
+    """Refuse `out` when it holds files the kit did not write (no marker): nothing there is read or changed."""
+    foreign = _foreign_files(out, config)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise KitError(f"{out} holds files that are not a kit run's ({shown}; no {MARKER} marker) and is left as "
+                       "it is; allowed: --out a new or empty folder, or one the kit made")
+
+
 def claim_run_folder(out: Path, config: TrainConfig, restart: bool) -> None:
-    """Make the locked folder `out` this config's run folder. Another run's trained epochs are
-    refused unless `restart`; a folder left by a run that trained no epoch is replaced."""
+    """Make the locked folder `out` this config's run folder, its marker written first. Someone
+    else's folder is refused (check_run_folder); another run's trained epochs too, unless `restart`;
+    a folder left by a run that trained no epoch is replaced."""
+    check_run_folder(out, config)
+    if not _has_marker(out) and any((out / name).exists() for name in RUN_FILES):
+        note(f"{out} is a run folder of an older kit (no {MARKER} marker) with this config: marked as the kit's")
     conflict = None if restart else _config_conflict(out, config)
     if conflict and any((out / name).exists() for name in TRAINED_FILES):
         raise KitError("; ".join(conflict))
@@ -89,6 +140,8 @@ def claim_run_folder(out: Path, config: TrainConfig, restart: bool) -> None:
     if restart or conflict:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
+    write_json(out / MARKER, {"kit": "patchgd-kit", "kit_version": kit_version(),
+                              "config_hash": content_hash(config.key())})
     write_json(out / "config.json", config.key())
 
 
@@ -97,7 +150,7 @@ def finished_result(out: Path, config: TrainConfig) -> dict | None:
     counts as absent: the finished run's checkpoint writes it again."""
     try:
         result = json.loads((out / "summary.json").read_text())
-    except (FileNotFoundError, NotADirectoryError, ValueError):
+    except (FileNotFoundError, NotADirectoryError, ValueError, RecursionError):
         return None
     return result if isinstance(result, dict) and result.get("config") == config.key() else None
 
@@ -105,9 +158,8 @@ def finished_result(out: Path, config: TrainConfig) -> dict | None:
 def _read_checkpoint(path: Path, device: torch.device) -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=False)
-    except OSError:
-        raise
-    except Exception as exc:  # a damaged file fails in many ways: EOFError, RuntimeError, UnpicklingError
+    except Exception as exc:  # a damaged file fails in many ways: EOFError, RuntimeError, UnpicklingError,
+        # OSError (a file truncated short: EINVAL), PermissionError; each falls back to the one before
         raise ValueError(f"{path} is unreadable ({type(exc).__name__})") from exc
     if not isinstance(state, dict) or not {"model", "history", "config"} <= state.keys():
         raise ValueError(f"{path} is not a checkpoint of this kit")

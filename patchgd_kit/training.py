@@ -28,14 +28,14 @@ from .config import TrainConfig, autocast_dtype, precision, resolve_device, use_
 from .data import UltraMNIST
 from .tiled import collate
 from .distributed import Processes
-from .errors import KitError
+from .errors import KitError, check_path
 from .files import locked, write_json
 from .progress import bar_disabled
 from .memory import Plan, limit_cuda_memory, out_of_memory_error, plan_for_config
 from .methods import StepSettings, build_model, method_of, uses_patches
 from .models import trunk_of
-from .runfolder import (CHECKPOINT, claim_run_folder, finished_result, load_checkpoint, note, rng_state,
-                        save_checkpoint, save_finished, set_rng_state, write_metrics)
+from .runfolder import (CHECKPOINT, check_run_folder, claim_run_folder, finished_result, load_checkpoint, note,
+                        rng_state, save_checkpoint, save_finished, set_rng_state, write_metrics)
 
 
 def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -341,7 +341,8 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
     the batch size being each process's."""
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     config.validate()
-    out, processes = Path(out), distributed.from_env()
+    out, processes = Path(check_path("--out", out)), distributed.from_env()
+    check_run_folder(out, config)  # someone else's folder is refused before anything is read or written
     datasets = load_datasets(config)
     if config.batch_size is not None and not restart:
         # A finished run is read back as it is: checking its batch against the budget again (a

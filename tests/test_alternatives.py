@@ -49,7 +49,9 @@ def _peak(method, image_size):
     return memory.estimate_peak(method, "mobilenet_v2", image_size, 2, input_side=32, **extra).peak_bytes
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+# streaming: lightstream's statistics cannot run on fake tensors, and no tile fits these sides;
+# altplan.streaming_peak estimates it (tests/test_streaming.py).
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"streaming"}))
 def test_every_methods_estimate_grows_with_the_image_side(method):
     peaks = [_peak(method, side) for side in (64, 128, 256)]
     assert peaks == sorted(peaks) and peaks[0] < peaks[-1], peaks

@@ -188,6 +188,7 @@ def test_a_manifest_that_disagrees_with_its_card_is_refused(tiny_data, tmp_path,
 def test_a_folder_left_by_a_run_that_trained_no_epoch_is_replaced(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
+    (run / ".patchgd-run").write_text(json.dumps({"kit": "patchgd-kit"}))  # the kit's folder: its marker
     (run / "config.json").write_text(json.dumps({"method": "gd", "lr": 0.5}))
     assert main(_gd_args(tiny_data, run)) == 0
     assert "trained no epoch: replaced" in capsys.readouterr().err
