@@ -35,7 +35,10 @@ from .digits import (HALF_SIZE_PROB, LAYOUT_RESTARTS, MAX_IMAGE_SIZE, MAX_TILED_
 from .errors import KitError, check_int
 from .files import building, locked, write_json
 from .progress import bar_disabled
+from .splitfiles import read_card, read_manifest
 from .tiled import TiledImage, check_tile, normalize_uint8, write_tiled
+
+MAX_PER_CLASS = 100_000  # a bound on one command's work: the paper's split has 1,000 per class
 
 # Shrinking the canvas averages the source pixels under each target pixel (PIL's box filter): no
 # ringing at the white borders or on the stand-in's black background.
@@ -82,19 +85,11 @@ def _write_one(index: int) -> dict:
             "boxes": json.dumps(boxes, separators=(",", ":"))}
 
 
-def _read_card(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "card.json").read_text())
-    except (OSError, ValueError) as e:
-        raise KitError(f"{folder} is not a complete UltraMNIST split (card.json unreadable: {e}); "
-                       "delete the folder and generate it again") from e
-
-
 def _existing_split(final: Path, params: dict) -> bool:
     """True when `final` holds a complete split made with `params`; one made with others is refused."""
     if not final.exists():
         return False
-    existing = _read_card(final).get("params") or {}
+    existing = read_card(final)["params"]
     differ = [f"{k}={existing.get(k)!r} (asked {v!r})" for k, v in params.items() if existing.get(k) != v]
     if differ:
         raise KitError(f"{final} already holds a split made with {', '.join(differ)}; "
@@ -166,7 +161,7 @@ def generate_split(out_dir, split: str, per_class: int, image_size: int, seed: i
     """
     if split not in SPLITS:
         raise KitError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
-    per_class = check_int("per_class", per_class, 1)
+    per_class = check_int("per_class", per_class, 1, MAX_PER_CLASS)
     image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_TILED_IMAGE_SIZE if tile else MAX_IMAGE_SIZE)
     seed = check_int("seed", seed, 0)
     min_digit_side = check_int("min_digit_side", min_digit_side, MIN_DIGIT_SIDE)
@@ -237,52 +232,24 @@ class UltraMNIST(torch.utils.data.Dataset):
         if not self.folder.is_dir():
             raise KitError(f"no UltraMNIST split at {self.folder}; generate it first "
                            "(ensure_dataset, or `python data_gen/ultramnist.py`)")
-        card = _read_card(self.folder)
-        self.image_size = check_int(f"image_size in {self.folder / 'card.json'}",
-                                     card.get("params", {}).get("image_size"), 1)
+        card = read_card(self.folder)  # every field checked: type and range
+        self._params = card["params"]
+        self.image_size = self._params["image_size"]
         self.num_classes = card.get("num_classes", NUM_CLASSES)
-        self.min_digit_side = card.get("params", {}).get("min_digit_side", MIN_DIGIT_SIDE)  # the floor it was made with
+        self.min_digit_side = self._params.get("min_digit_side", MIN_DIGIT_SIDE)  # the floor it was made with
         normalization = card.get("normalization", {"mean": [MNIST_MEAN], "std": [MNIST_STD]})
         self.mean, self.std = tuple(normalization["mean"]), tuple(normalization["std"])
         # The shape of one stored image: grey (S, S) or RGB (S, S, 3).
         self.image_shape = (self.image_size, self.image_size) + ((3,) if len(self.mean) == 3 else ())
-        self.manifest = self._read_manifest(self.folder / "manifest.csv")
+        self.manifest = read_manifest(self.folder, card)  # each row's image checked inside the split
         if card.get("num_images", len(self.manifest)) != len(self.manifest):
             raise KitError(f"{self.folder / 'manifest.csv'} lists {len(self.manifest)} images but card.json says "
                            f"{card['num_images']}; the split is damaged: delete it and make it again")
         self.labels = [row["label"] for row in self.manifest]
-        self._params = card.get("params", {})
         self.tiled = "tile" in self._params  # items are TiledImage handles, read a patch at a time
         self.cache = (not self.tiled and len(self.manifest) * np.prod(self.image_shape) <= CACHE_LIMIT_BYTES
                       if cache is None else cache)
         self._images = [None] * len(self.manifest)
-
-    def _read_manifest(self, path: Path) -> list[dict]:
-        if not path.is_file():
-            raise KitError(f"missing manifest {path}; the split is incomplete, generate it again")
-        rows = []
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = {"image", "label", "digits", "boxes"} - set(reader.fieldnames or [])
-            if missing:
-                raise KitError(f"corrupt manifest {path}: missing columns {sorted(missing)}")
-            for line, row in enumerate(reader, start=2):
-                try:
-                    parsed = {"image": row["image"], "label": int(row["label"]),
-                              "digits": json.loads(row["digits"]),
-                              "boxes": json.loads(row["boxes"])}
-                except (TypeError, ValueError) as e:
-                    raise KitError(f"corrupt manifest {path} line {line}: {e}") from e
-                if not 0 <= parsed["label"] < self.num_classes:
-                    raise KitError(f"{path} line {line}: label {parsed['label']} is outside the "
-                                   f"allowed 0..{self.num_classes - 1}")
-                if not (self.folder / parsed["image"]).is_file():
-                    raise KitError(f"{path} line {line}: missing image "
-                                   f"{self.folder / parsed['image']}")
-                rows.append(parsed)
-        if not rows:
-            raise KitError(f"corrupt manifest {path}: no images listed")
-        return rows
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -291,7 +258,7 @@ class UltraMNIST(torch.utils.data.Dataset):
         """Image i of a tiled split as a handle: nothing is read until a patch is asked for."""
         params = self._params
         framed = dict(level=params["level"], fill=params["fill"], side=self.image_size) if params.get("framed") else {}
-        image = TiledImage(self.folder / self.manifest[i]["image"], mean=self.mean, std=self.std, **framed)
+        image = TiledImage(self.manifest[i]["path"], mean=self.mean, std=self.std, **framed)
         if image.side != self.image_size:
             raise KitError(f"{image.path} is {image.side} px but {self.folder / 'card.json'} says "
                            f"{self.image_size}; the split is damaged: delete it and make it again")
@@ -302,7 +269,7 @@ class UltraMNIST(torch.utils.data.Dataset):
         may be the cache). A tiled image is read whole: only for sides that fit in memory."""
         if self._images[i] is not None:
             return self._images[i]
-        path = self.folder / self.manifest[i]["image"]
+        path = self.manifest[i]["path"]
         if self.tiled:
             return self.tiled_image(i).region(0, 0, self.image_size, self.image_size)
         try:
@@ -353,7 +320,7 @@ def _shrunk(final: Path, derived: dict) -> bool:
     """True when `final` holds the split shrunk as `derived` says; one shrunk from another is refused."""
     if not final.exists():
         return False
-    if json.loads((final / "card.json").read_text()).get("shrunk_from") != derived:
+    if read_card(final).get("shrunk_from") != derived:
         raise KitError(f"{final} was shrunk from another dataset; delete it")
     return True
 
@@ -361,16 +328,14 @@ def _shrunk(final: Path, derived: dict) -> bool:
 def _shrink_split(split_dir: Path, folder: Path, card: dict, size: int, derived: dict, progress: bool) -> None:
     """The split in `split_dir` with every image and box shrunk to `size`, into the empty `folder`."""
     (folder / "images").mkdir()
-    original = card["params"]["image_size"]
-    with open(split_dir / "manifest.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in tqdm(rows, desc=f"shrink {split_dir.name} {original}→{size} px",
+    original, rows = card["params"]["image_size"], []
+    for row in tqdm(read_manifest(split_dir, card), desc=f"shrink {split_dir.name} {original}→{size} px",
                     disable=bar_disabled(progress)):
-        with Image.open(split_dir / row["image"]) as im:
+        with Image.open(row.pop("path")) as im:  # checked inside the split
             save_png(im.resize((size, size), SHRINK), folder / row["image"])
-        boxes = json.loads(row["boxes"])
-        row["boxes"] = json.dumps([[round(v * size / original) for v in box] for box in boxes],
-                                  separators=(",", ":"))
+        boxes = [[round(v * size / original) for v in box] for box in row["boxes"]]
+        rows.append({**row, "digits": json.dumps(row["digits"], separators=(",", ":")),
+                     "boxes": json.dumps(boxes, separators=(",", ":"))})
     (folder / "manifest.csv").write_text(csv_text(rows, list(rows[0])))
     card["params"]["image_size"] = size
     card["shrunk_from"] = derived
@@ -385,7 +350,7 @@ def shrink_dataset(source, size: int, progress: bool = True) -> Path:
     source = Path(source)
     target = source.with_name(f"{source.name}_box{size}px")
     for split in SPLITS:
-        card = json.loads((source / split / "card.json").read_text())
+        card = read_card(source / split)
         derived = {"folder": source.name, "image_size": card["params"]["image_size"],
                    "filter": "PIL box (area average)"}
         final = target / split

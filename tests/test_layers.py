@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "patchgd_kit"
 FLOORS = ["ground", "data", "paper", "core", "runs", "report", "face"]
 FLOOR_OF = {
     "errors": "ground", "files": "ground",
-    "digits": "data", "data": "data", "panda": "data", "tiled": "data",
+    "digits": "data", "data": "data", "splitfiles": "data", "panda": "data", "tiled": "data",
     "paper": "paper", "beyond": "paper",
     "patches": "core", "models": "core", "patchgd": "core", "gd": "core", "methods": "core",
     "livebytes": "core", "memory": "core", "stepmeasure": "core", "alternatives": "core", "altplan": "core",
