@@ -1,7 +1,8 @@
 """Command line: `python -m patchgd_kit generate | train | evaluate | plan | reproduce | gpu-check ...`.
 
 Bad input, damaged files and paths that cannot be written print one line naming the value or the
-path and what to do, and exit with code 2; `--debug` (or KIT_DEBUG=1) adds the traceback.
+path and what to do, and exit with code 2; any other exception (a defect) prints one line naming the
+command, exit code 1. `--debug` (or KIT_DEBUG=1) adds the traceback.
 """
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import sys
 import traceback
 import typing
 
-from .errors import KitError
+from .errors import KitError, check_path
 
 
 # Each command's one-line help and its description (`python -m patchgd_kit COMMAND --help`).
@@ -211,7 +213,7 @@ def add_plan(p) -> None:
 
 def run_plan(args) -> None:
     from . import memory, paperplans
-    from .config import TrainConfig
+    from .config import TrainConfig, check_plan_size
     from .methods import uses_patches
     if args.ship:
         print(f"wrote {paperplans.ship_plans()}")
@@ -224,6 +226,7 @@ def run_plan(args) -> None:
         raise KitError("plan needs --budget (such as 4GB) or --table")
     given = given_options(args, PLAN_FIELDS)
     d = {**dataclasses.asdict(TrainConfig()), "sampling": None, "batch_size": None, **given}
+    check_plan_size(d["method"], d["image_size"], d["patch_size"], args.budget, args.lazy)  # before any trace
     if uses_patches(d["method"]) and d["sampling"] is None and d["batch_size"] is None:
         d["sampling"] = TrainConfig().sampling
     plan = memory.plan(d["method"], d["backbone"], d["image_size"], args.budget, patch_size=d["patch_size"],
@@ -320,19 +323,50 @@ def kit_error_line(exc: KitError) -> str:
     return last.split("KitError: ", 1)[-1]
 
 
+PATH_OPTIONS = ("out", "run", "data", "root", "weights")
+
+
+def _dashed_values_attached(argv: list[str]) -> list[str]:
+    """`--budget -4GB` as `--budget=-4GB`: before Python 3.13, argparse takes a value that starts with a
+    dash (other than a plain negative number) for an option and answers with its usage; the kit's own
+    check of the value says better what is wrong."""
+    attached: list[str] = []
+    for token in argv:
+        if attached and re.match(r"-\.?\d", token) and attached[-1].startswith("--") and "=" not in attached[-1]:
+            attached[-1] = f"{attached[-1]}={token}"
+        else:
+            attached.append(token)
+    return attached
+
+
+def unexpected_error_line(command: str, exc: Exception) -> str:
+    """One line for an exception no check foresaw: a defect, or an input the kit does not know."""
+    said = (str(exc).strip().splitlines() or [""])[0][:200]
+    return (f"{command} failed unexpectedly ({type(exc).__name__}{': ' + said if said else ''}); rerun with --debug "
+            "for the traceback, and report it if the input looks right")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_dashed_values_attached(sys.argv[1:] if argv is None else list(argv)))
     debug = args.debug or os.environ.get("KIT_DEBUG", "0") not in ("", "0")
     try:
+        for name in PATH_OPTIONS:  # "" would mean the current folder
+            if getattr(args, name, None) is not None:
+                check_path(f"--{name}", getattr(args, name))
         # A command's run returns None, or an exit status of its own (gpu-check: 1 when a row failed).
         status = COMMANDS[args.command][1](args)
-    except (KitError, OSError) as exc:
-        if debug:
-            traceback.print_exc()
-        line = kit_error_line(exc) if isinstance(exc, KitError) else os_error_line(exc)
-        print(f"error: {line}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except Exception as exc:  # the one boundary: no input prints a traceback unless asked to
+        if debug:
+            traceback.print_exc()
+        if isinstance(exc, KitError):
+            line, code = kit_error_line(exc), 2
+        elif isinstance(exc, OSError):
+            line, code = os_error_line(exc), 2
+        else:
+            line, code = unexpected_error_line(args.command, exc), 1
+        print(f"error: {line}", file=sys.stderr)
+        return code
     return status or 0

@@ -12,12 +12,19 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .digits import MAX_IMAGE_SIZE, MAX_TILED_IMAGE_SIZE
 from .errors import KitError, check_int, check_number
 from .methods import METHODS, method_of, uses_patches
 from .models import BACKBONES
-from .patches import schedule_for
+from .patches import grid_shape, schedule_for
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which train() calls, takes no more
+# Bounds on what one command may be asked to do, so that no input runs for ever.
+MAX_EPOCHS = 10_000  # the paper trains 100
+# Patches per image: the README's 65,536 px image at patch 256 plans in about 3 minutes, the fake-tensor
+# trace growing by about 1 ms a patch; a fill of more would take days on a CPU.
+MAX_PATCHES = 2**16
+MAX_BUDGET_BYTES = 2**40  # 1 TiB: more than any one GPU holds
 
 
 def _field(default, help: str):
@@ -64,8 +71,9 @@ class TrainConfig:
             raise KitError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}")
         if self.backbone not in BACKBONES:
             raise KitError(f"unknown backbone {self.backbone!r}; allowed: {', '.join(BACKBONES)}")
-        for name in ("image_size", "epochs", "fill_chunk"):
+        for name in ("image_size", "fill_chunk"):
             check_int(name.replace("_", " "), getattr(self, name), 1)
+        check_int("epochs", self.epochs, 1, MAX_EPOCHS)
         check_int("num classes", self.num_classes, 2)
         check_int("seed", self.seed, 0, MAX_SEED)
         # More worker processes than cores only add memory: each one keeps its own image cache.
@@ -74,6 +82,8 @@ class TrainConfig:
             raise KitError("give a batch size or a memory budget")
         if self.batch_size is not None:
             check_int("batch size", self.batch_size, 1)
+        if self.memory_budget is not None:
+            check_budget(self.memory_budget)
         validate_device(self.device)
         if self.channels_last not in ("auto", "on", "off"):
             raise KitError(f"channels_last {self.channels_last!r} is not one of auto, on, off")
@@ -89,6 +99,7 @@ class TrainConfig:
         if uses_patches(self.method):
             if self.patch_size is None:
                 raise KitError("PatchGD needs --patch-size")
+            check_patches(self.image_size, self.patch_size)
             zeta = self.schedule()[1]
             if not 1 <= self.grad_accum <= zeta:
                 raise KitError(f"grad accumulation ε = {self.grad_accum} must be between 1 and the "
@@ -123,6 +134,37 @@ FIRST_VERSION_FIELDS = frozenset({
     "batch_size", "memory_budget", "seed", "device", "amp", "lr", "warmup_epochs", "final_lr_fraction", "weights",
     "num_classes", "fill_chunk", "channels_last"})
 PATCH_FIELDS = ("patch_size", "sampling", "max_sampled", "grad_accum", "fill_chunk")
+
+
+def check_patches(image_size: int, patch_size: int) -> None:
+    """A patch size that divides the image into at most MAX_PATCHES patches."""
+    m, n = grid_shape(check_int("image size", image_size, 1), check_int("patch size", patch_size, 1))
+    if m * n > MAX_PATCHES:
+        raise KitError(f"patch size {patch_size} cuts a {image_size} px image into {m * n:,} patches; allowed: at "
+                       f"most {MAX_PATCHES:,} per image (a patch size of at least {image_size // 256})")
+
+
+def check_budget(budget) -> int:
+    """The bytes of a memory budget, at most MAX_BUDGET_BYTES."""
+    from .memory import parse_budget  # here: the planner's imports (fake tensors) are for runs with a budget
+    value = parse_budget(budget)
+    if value > MAX_BUDGET_BYTES:
+        raise KitError(f"memory budget {budget!r} is not allowed; allowed: at most 1 TiB (more than any one GPU holds)")
+    return value
+
+
+def check_plan_size(method: str, image_size, patch_size, budget, lazy: bool) -> None:
+    """The plan command's bounds, checked before any trace: the trace grows with the image and its
+    patches, and a budget beyond any GPU plans batches of billions."""
+    highest = MAX_TILED_IMAGE_SIZE if lazy else MAX_IMAGE_SIZE
+    if not isinstance(image_size, int) or not 1 <= image_size <= highest:
+        raise KitError(f"image size {image_size!r} is not allowed; allowed: an integer in 1..{highest:,}"
+                       + ("" if lazy else f" ({MAX_TILED_IMAGE_SIZE:,} with --lazy, read a patch at a time)"))
+    if uses_patches(method):
+        if patch_size is None:
+            raise KitError(f"{method} needs --patch-size")
+        check_patches(image_size, patch_size)
+    check_budget(budget)
 
 
 def validate_device(device: str) -> None:

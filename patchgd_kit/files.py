@@ -77,7 +77,10 @@ def check_writable_folder(folder: Path) -> None:
     (not a folder, permission, read-only file system) naming the path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.")
+    except OSError as exc:  # name the folder, not the probe's temporary name
+        raise OSError(exc.errno, exc.strerror, str(folder)) from exc
     os.close(fd)
     os.unlink(probe)
 
@@ -87,7 +90,10 @@ def check_writable_file(path: Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise KitError(f"{path} is a folder; allowed: the path of a file to write")
-    check_writable_folder(path.parent)
+    try:
+        check_writable_folder(path.parent)
+    except OSError as exc:  # name the file asked for
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 def _holder(path: Path) -> str:

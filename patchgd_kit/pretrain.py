@@ -27,7 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import normalize_uint8
-from .digits import MIN_DIGIT_SIDE, NUM_CLASSES, digit_side, draw_scale_factors, load_digit_pools, upscale
+from .digits import (MAX_IMAGE_SIZE, MIN_DIGIT_SIDE, NUM_CLASSES, digit_side, draw_scale_factors, load_digit_pools,
+                     upscale)
 from .errors import KitError, check_int, check_number
 from .models import backbone_of, classifier_model
 from .files import check_writable_file, save_torch
@@ -35,6 +36,7 @@ from .progress import bar_disabled
 from .training import adam
 
 DEFAULT_STEPS = 1000
+MAX_STEPS = 1_000_000  # a bound on one command's work: the cpu profile pretrains 1,200
 DEFAULT_LR = 1e-3  # Adam's peak lr, the paper's (Appendix C)
 
 
@@ -61,10 +63,11 @@ def pretrain_backbone(backbone: str, image_size: int, crop_size: int, out: str |
     held-out crops scored, by default 1,024 or, for a pretraining that saw fewer, as many as it saw
     (a 2-step smoke pretraining's score means nothing and should not cost more than its training)."""
     out = Path(out)
-    for name, value, lowest in (("image size", image_size, 32), ("steps", steps, 1), ("batch size", batch_size, 1),
-                                ("min digit side", min_digit_side, MIN_DIGIT_SIDE), ("seed", seed, 0),
-                                ("test crops", 1 if test_crops is None else test_crops, 1)):
-        check_int(name, value, lowest)
+    for name, value, lowest, highest in (
+            ("image size", image_size, 32, MAX_IMAGE_SIZE), ("steps", steps, 1, MAX_STEPS),
+            ("batch size", batch_size, 1, None), ("min digit side", min_digit_side, MIN_DIGIT_SIDE, None),
+            ("seed", seed, 0, None), ("test crops", 1 if test_crops is None else test_crops, 1, None)):
+        check_int(name, value, lowest, highest)
     check_number("lr", lr, "a number > 0", lambda x: x > 0)
     test_crops = min(1024, steps * batch_size) if test_crops is None else test_crops
     settings = {"backbone": backbone, "image_size": image_size, "crop_size": crop_size, "steps": steps,
