@@ -227,6 +227,12 @@ def run_plan(args) -> None:
     given = given_options(args, PLAN_FIELDS)
     d = {**dataclasses.asdict(TrainConfig()), "sampling": None, "batch_size": None, **given}
     check_plan_size(d["method"], d["image_size"], d["patch_size"], args.budget, args.lazy)  # before any trace
+    if d["method"] == "streaming":  # lightstream's statistics cannot run on fake tensors: altplan estimates it
+        from .altplan import streaming_plan
+        plan = streaming_plan(d["backbone"], d["image_size"], args.budget, batch_size=d["batch_size"], amp=d["amp"],
+                              num_classes=d["num_classes"])
+        print(json.dumps(dataclasses.asdict(plan), indent=2) if args.json else plan.summary())
+        return
     if uses_patches(d["method"]) and d["sampling"] is None and d["batch_size"] is None:
         d["sampling"] = TrainConfig().sampling
     plan = memory.plan(d["method"], d["backbone"], d["image_size"], args.budget, patch_size=d["patch_size"],

@@ -69,7 +69,10 @@ def _plan_row(args: dict) -> dict:
         side = downscaled_side_for(backbone, size, budget, **args)
         return {"batch_size": side.batch_size, "k": None, "estimated_peak_bytes": side.estimated_peak_bytes,
                 "estimator": "fake-tensor", "downscaled_side": side.side}
-    found = plan(method, backbone, size, budget, **args)
+    if method == "streaming":  # lightstream's statistics cannot run on fake tensors: altplan estimates it
+        found = altplan.streaming_plan(backbone, size, budget, **args)
+    else:
+        found = plan(method, backbone, size, budget, **args)
     return {"batch_size": found.batch_size, "k": found.k, "estimated_peak_bytes": found.estimated_peak_bytes,
             "estimator": found.estimator}
 

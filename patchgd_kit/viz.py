@@ -355,7 +355,8 @@ def plot_resolutions(data, index: int = 0) -> Figure:
     return fig
 
 
-METHOD_COLOURS = {"gd": "#1c7ed6", "gd-checkpoint": "#7048e8", "gd-downscaled": "#868e96", "patchgd": "#e8590c"}
+METHOD_COLOURS = {"gd": "#1c7ed6", "gd-checkpoint": "#7048e8", "gd-downscaled": "#868e96", "patchgd": "#e8590c",
+                  "streaming": "#2f9e44"}
 
 
 def plot_memory_by_side(rows: list[dict], budgets: tuple[str, ...] = ("4GB", "16GB", "24GB")) -> Figure:
