@@ -54,9 +54,9 @@ def memory_by_side(backbone: str, sides: tuple[int, ...], *, amp: bool = False, 
                    patch_size: int = 256, sampling: float = 0.1, downscaled_side: int = 512,
                    num_classes: int = 10) -> list[dict]:
     """The estimated peak of one training step of every method at each image side (one row each):
-    streaming where a tile fits the image (``streaming_peak``), GD and gd-checkpoint on the whole image, gd-downscaled at `downscaled_side` (its full-size input
-    still grows), PatchGD with patches of `patch_size` and `sampling` of them per inner iteration (k
-    and Z grow with the grid). A step that cannot train a batch of `batch_size` is left out."""
+    streaming where a tile fits the image (``streaming_peak``), GD and gd-checkpoint on the whole image,
+    gd-downscaled at `downscaled_side` (its full-size input still grows), PatchGD with patches of
+    `patch_size` and `sampling` of them per inner iteration (k and Z grow with the grid). A step that cannot train a batch of `batch_size` is left out."""
     rows = []
     for side in sides:
         k = patches_per_iteration(sampling, (side // patch_size) ** 2)

@@ -8,6 +8,11 @@ schedule.
   under the same budget (``altplan.downscaled_side_for``): it carries the PatchGD row's patch settings
   only so that the planner can find that batch; it trains no patches.
 
+Streaming SGD (issue #34, ``streaming``: the seed's peer method, exact gradients tile by tile) on Table 3's
+2048 and 4096 px rows, each beside the same GD row with BatchNorm frozen as streaming freezes it
+(``gd-frozen-bn``): GD equals streaming only so. Streaming needs an image larger than its smallest usable
+tile (ResNet50: 864 px), so a profile whose images are smaller does not train these rows and says so.
+
 And a row that only PANDA can give (issue #16): ``patchgd_fp16_full``, Table 3's best row (PatchGD-fp16,
 patch 256, 24 GB) trained on the slides' full-resolution level, read a patch at a time from the tiled
 TIFF, with no 4096 px downscale. It runs where PANDA is (``$PANDA_ROOT``); the stand-in has no such level.
@@ -31,6 +36,14 @@ def _alternatives(table: Table, gd_id: str, patchgd_id: str) -> tuple[Row, ...]:
                 {**gd.settings, "method": "gd-checkpoint"}, {}),
             Row(f"gd-downscaled{suffix}", f"GD-downscaled ({NOT_IN_PAPER})",
                 {**gd.settings, **versus, "method": "gd-downscaled"}, {}))
+
+
+def _streaming(table: Table, gd_id: str) -> tuple[Row, ...]:
+    gd = table.row(gd_id)
+    suffix = gd_id.removeprefix("gd")
+    return (Row(f"streaming{suffix}", f"Streaming SGD ({NOT_IN_PAPER})", {**gd.settings, "method": "streaming"}, {}),
+            Row(f"gd-frozen-bn{suffix}", f"GD, BatchNorm frozen ({NOT_IN_PAPER})",
+                {**gd.settings, "method": "gd-frozen-bn"}, {}))
 
 
 # A side that holds most of PANDA's level-0 slides whole (the largest are about 40,000 px a side; those
@@ -61,6 +74,7 @@ BEYOND: dict[str, tuple[Row, ...]] = {
     "table1": _ultramnist("table1"),
     "table2": _ultramnist("table2"),
     "table3": _alternatives(PAPER["table3"], "gd_2048", "patchgd_2048")
+    + _streaming(PAPER["table3"], "gd_2048") + _streaming(PAPER["table3"], "gd_fp16_4096")
     + (_full_resolution(PAPER["table3"], "patchgd_fp16_4096_p256", "patchgd_fp16_full"),),
 }
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from . import streaming
 from .data import UltraMNIST
 from .errors import KitError
 from .beyond import BEYOND, reads_full_resolution, rows_of
@@ -29,11 +30,11 @@ from .config import resolve_device
 from .files import check_writable_folder
 from .latency import device_name
 from .orderings import RowResult
-from .paper import PAPER, Row
+from .paper import PAPER, Row, Table
 from .paperplans import paper_plans
 from .profiles import Profile, get_profile, profile_dir, runs_root
 from .report import write_report
-from .scaling import panda_root_present, row_config
+from .scaling import panda_root_present, row_config, scaled_sizes
 from .store import is_finished, run_trunk, train_in_store
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -82,7 +83,25 @@ def rows_to_run(name: str, profile: Profile, rows: tuple[str, ...] | None = None
     if rows:
         return [every[r] for r in rows]
     chosen = rows_of(table, profile.beyond if alternatives is None else tuple(BEYOND) if alternatives else ())
-    return [row for row in chosen if panda_root_present() or not reads_full_resolution(row.settings)]
+    return [row for row in chosen if (panda_root_present() or not reads_full_resolution(row.settings))
+            and streaming_applies(table, row, profile)]
+
+
+def streaming_applies(table: Table, row: Row, profile: Profile) -> bool:
+    """False, said in one line, for a Streaming SGD row whose image at `profile` is smaller than the
+    smallest usable tile: such a row is not trained rather than trained as something else."""
+    settings = table.settings(row)
+    if settings["method"] != "streaming":
+        return True
+    side = (scaled_sizes(profile)[settings["image_size"]] if table.dataset == "panda"
+            else profile.for_backbone(settings["backbone"]).image_size)
+    try:
+        streaming.tile_for(settings["backbone"], side)
+    except KitError as e:
+        print(f"{table.name} {row.label}, {settings['image_size']} px in the paper, {side} px at the "
+              f"{profile.name} profile: not trained, {e}")
+        return False
+    return True
 
 
 # --- every notebook, headless -----------------------------------------------------------------------

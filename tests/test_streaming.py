@@ -2,17 +2,19 @@
 backprop's, a tile too small gets one clear line, BatchNorm stays frozen. Truncated trunks at small
 sizes keep this fast; benchmarks/bench_streaming.py runs the whole ResNet50 and MobileNetV2 at 1024 px."""
 import copy
+import json
 
 import pytest
 import torch
 from torch import nn
 from torchvision import models as tvm
 
-from patchgd_kit import streaming
+from patchgd_kit import altplan, reproduce, streaming
 from patchgd_kit.cli import main
 from patchgd_kit.errors import KitError
 from patchgd_kit.methods import build_model
 from patchgd_kit.models import trunk_of
+from patchgd_kit.profiles import get_profile
 
 
 def _resnet_stem_and_block() -> nn.Sequential:
@@ -98,3 +100,23 @@ def test_streaming_is_written_for_the_pinned_lightstream(monkeypatch):
     monkeypatch.setattr(metadata, "version", lambda name: "1.0.8")
     with pytest.raises(KitError, match="written for lightstream==1.0.7, found 1.0.8"):
         streaming._lightstream()
+
+
+def test_plan_streaming_prints_a_plan_whose_peak_is_the_tile_step_plus_whole_maps(capsys):
+    assert main(["plan", "--method", "streaming", "--backbone", "resnet50", "--image-size", "4096", "--budget", "16GB",
+                 "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["method"] == "streaming" and plan["batch_size"] >= 1 and plan["estimator"].startswith("tile 1664 px")
+    per_image = 3 * 4096**2 * 4 + 2 * 2048 * 128**2 * 4  # the image, the output map and its gradient, fp32
+    assert plan["next_peak_bytes"] - plan["estimated_peak_bytes"] == per_image
+    assert altplan.streaming_peak("resnet50", 4096, plan["batch_size"]) == plan["estimated_peak_bytes"]
+
+
+def test_table3_streaming_rows_train_where_a_tile_fits_and_are_said_left_out_elsewhere(capsys):
+    paper = {row.id for row in reproduce.rows_to_run("table3", get_profile("paper"), alternatives=True)}
+    assert {"streaming_2048", "gd-frozen-bn_2048", "streaming_fp16_4096", "gd-frozen-bn_fp16_4096"} <= paper
+    capsys.readouterr()
+    cpu = {row.id for row in reproduce.rows_to_run("table3", get_profile("cpu"), alternatives=True)}
+    assert not any(i.startswith("streaming") for i in cpu) and "gd-frozen-bn_2048" in cpu
+    assert ("2048 px in the paper, 128 px at the cpu profile: not trained, image 128 px is smaller than "
+            "ResNet50's smallest usable tile (864 px): streaming cannot apply") in capsys.readouterr().out
