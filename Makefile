@@ -35,6 +35,7 @@ test: install
 benchmark: install
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_alternatives.py
+	$(PY) benchmarks/bench_streaming.py
 	$(PY) benchmarks/bench_adam.py
 	$(PY) benchmarks/bench_gigapixel.py --sides 2048,8192,16384 --estimate-only
 
