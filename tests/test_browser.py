@@ -31,7 +31,10 @@ if CHROMIUM is None:
 sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright: `make install` installs it")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-REDRAW_LIMIT_S = 20.0  # a redraw slower than this fails; the measured times are printed (2 shared cores: 0.1-6 s)
+# A redraw slower than this fails. Measured on 2 CPU cores shared with other jobs (load 10-13): 0.1-2.3 s,
+# but 12-16 s for Algorithm 1's k (one live batch of train_batch) and 6-7 s for a new patch size (a
+# memory estimate); the times are printed on every run.
+REDRAW_LIMIT_S = 45.0
 RUN_ALL_LIMIT_S = 240.0
 NOT_VALID = "Not a valid choice:"
 # In the page: the notebook panel open on the file `name`.
