@@ -50,3 +50,7 @@ for notebook in notebooks/0[1-4]_*.ipynb; do
     name=$(basename "$notebook" .ipynb)
     measure "$name" "$PY" -m papermill "$notebook" "$OUT/$name.ipynb" -k python3 --cwd notebooks
 done
+# The same four with every kernel kept alive (a user who never shuts one down), in one 2 GiB cgroup,
+# from a fresh runs folder again (the runs above would be read back instead of trained).
+KIT_RUNS=$OUT/runs-kept measure kernels-kept-01-04 "$PY" benchmarks/binder_kept_kernels.py
+cat "$OUT/kernels-kept-01-04.log"
