@@ -16,3 +16,12 @@ def test_first_screen_has_learn_reproduce_and_the_profile_table():
     assert "| profile | wall time | what its numbers can show | what they cannot |" in text
     for name in PROFILES:
         assert any(line.startswith(f"| `{name}`") for line in first), name
+
+
+def test_readme_and_notebook_05_print_the_same_profile_table():
+    from patchgd_kit.profile_times import CPU_MINUTES, PAPER_A100_HOURS, profile_table_markdown
+
+    assert profile_table_markdown() in README.read_text()
+    notebook = (README.parent / "notebooks" / "05_figure2.ipynb").read_text()
+    assert "profile_times.profile_table_markdown()" in notebook
+    assert round(sum(CPU_MINUTES.values())) == 130 and sum(PAPER_A100_HOURS.values()) == 1716
