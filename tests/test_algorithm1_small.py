@@ -51,3 +51,19 @@ def test_the_check_fails_when_the_fill_keeps_its_graph():
     model, images, labels = _batch()
     check = gradients_beside_train_batch(_algorithm1(broken), model, images, labels, k=4, zeta=4, epsilon=1)
     assert not check["equal"].iloc[0]
+
+
+def test_the_figure3_schematic_highlights_the_sampled_cells():
+    import numpy as np
+    from matplotlib.colors import to_hex
+
+    from patchgd_kit import viz
+    from patchgd_kit.schematic import GRADIENT
+
+    image = np.zeros((64, 64), dtype=np.uint8)
+    fig = viz.figure3_schematic(image, 16, torch.tensor([0, 5, 15]))
+    z_axes = fig.axes[2]
+    orange = [p for p in z_axes.patches if to_hex(p.get_facecolor()) == GRADIENT]
+    assert len(fig.axes) == 4 and len(orange) == 3
+    with pytest.raises(ValueError, match="multiple of p = 24"):
+        viz.figure3_schematic(image, 24, [0])
