@@ -4,8 +4,9 @@ Every builder takes ``interactive``. With a frontend that draws widgets (Jupyter
 Code: `has_frontend`) True returns the controls above an output area. Without one (papermill,
 nbclient, `jupyter nbconvert --execute`, nbval, `jupyter console`, plain Python), or with False, it
 draws once with the starting values into the cell's ordinary output: static PNGs that papermill and
-nbval keep and that GitHub, nbviewer and exported HTML show. A value that makes no valid choice (a patch size that does not divide the
-image, ε larger than ζ, ...) shows the kit's one-line KitError message, not a traceback, either way.
+nbval keep and that GitHub, nbviewer and exported HTML show. A value that makes no valid choice (a
+patch size that does not divide the image, ε larger than ζ, ...) shows the kit's one-line KitError
+message, not a traceback, either way.
 """
 from __future__ import annotations
 
