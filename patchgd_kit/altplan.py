@@ -26,14 +26,14 @@ class DownscaledSide:
 
 def downscaled_side_for(backbone: str, image_size: int, budget: int | str, *, patch_size: int, sampling: float,
                         amp: bool = False, num_classes: int = 10, grad_accum: int = 1,
-                        fill_chunk: int = 256) -> DownscaledSide:
+                        fill_chunk: int = 256, device: str = "cuda") -> DownscaledSide:
     """The largest side, a multiple of the backbone's stride up to the image side, at which
     gd-downscaled fits PatchGD's planned batch for the same budget: the two then train the same
     number of images per step in the same memory, one on every pixel in patches, one on fewer
     pixels whole. Memory grows with the side, so a bisection over the sides finds it."""
     batch = plan("patchgd", backbone, image_size, budget, patch_size=patch_size, sampling=sampling, amp=amp,
-                 num_classes=num_classes, grad_accum=grad_accum, fill_chunk=fill_chunk).batch_size
-    usable = usable_bytes(parse_budget(budget))
+                 num_classes=num_classes, grad_accum=grad_accum, fill_chunk=fill_chunk, device=device).batch_size
+    usable = usable_bytes(parse_budget(budget), device)
     stride = backbone_of(backbone).stride
 
     def peak(side: int) -> int:

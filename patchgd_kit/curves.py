@@ -31,8 +31,7 @@ def plot_memory(peaks: dict[str, int], budgets_gib=(4, 16), title: str = "") -> 
         ax.text(budget * GiB / unit, len(labels) - 0.5, f" {budget} GB budget", color=GRADIENT, fontsize=8,
                 va="bottom")
     ax.set_xlim(0, max([largest / unit * 1.3] + [b * GiB / unit * 1.15 for b in budgets]))
-    ax.set(xlabel=f"peak GPU memory of one training step ({unit_name}), estimated by the planner, "
-                  "not yet checked on a GPU", title=title)
+    ax.set(xlabel=f"peak GPU memory of one training step ({unit_name}), estimated by the planner", title=title)
     ax.invert_yaxis()
     return fig
 
@@ -115,3 +114,59 @@ def comparison_table(results: dict[str, dict]) -> pd.DataFrame:
                         "train images/s": round(final["train_images_per_s"], 1),
                         "peak memory (measured)": _peak_memory(final)}
     return pd.DataFrame(table).T
+
+
+# --- the memory wall (notebook 04) --------------------------------------------------------------
+
+def wall_table(rows, results: dict[str, dict], budget: str, against: str = "PatchGD") -> pd.DataFrame:
+    """One line per way of training under the budget (``wall.WallRow``): batch, side, the planner's
+    estimate and the measured peak, whether it fits, the final accuracy and, for every trained row
+    but `against`, `against`'s accuracy minus it with its 95% paired bootstrap interval."""
+    from .memory import parse_budget
+    from .orderings import paired_difference
+    limit, table = parse_budget(budget), {}
+    for row in rows:
+        measured = row.measured_bytes
+        line = {"batch": row.config.batch_size, "side (px)": row.config.downscaled_side or row.config.image_size,
+                "estimated peak (MiB)": round(row.estimated_bytes / 2**20),
+                "measured peak (MiB)": round(measured / 2**20) if measured is not None else None,
+                "fits": "yes" if (measured or row.estimated_bytes) <= limit else "no"}
+        result = results.get(row.name)
+        if result is not None:
+            line["accuracy %"] = round(result["final"]["accuracy"], 1)
+            line["train images/s"] = round(result["final"]["train_images_per_s"], 1)
+            if row.name != against and against in results:
+                diff, low, high = paired_difference(results[against], result)
+                line[f"{against} − this (95% interval)"] = f"{diff:+.1f} [{low:+.1f}, {high:+.1f}]"
+        table[row.name] = line
+    return pd.DataFrame(table).T.fillna("")
+
+
+def plot_wall(rows, results: dict[str, dict], budget: str, title: str = "") -> Figure:
+    """The paper's claim in one picture: final accuracy against the measured peak memory of a
+    training step, one marker per way of training (named in the legend), the budget as a line; a
+    configuration that does not fit is crossed at the bottom, at its peak."""
+    from .memory import parse_budget
+    limit = parse_budget(budget) / 2**20
+    fig, axes = make_axes(1, size=7.5, height=4)
+    ax = axes[0, 0]
+    peaks = [(row.measured_bytes or row.estimated_bytes) / 2**20 for row in rows]
+    markers = iter("osD^vP*")
+    for row, peak in zip(rows, peaks):
+        result = results.get(row.name)
+        if result is None:
+            ax.plot(peak, 0, "x", color=GRADIENT, markersize=10, markeredgewidth=2.5,
+                    label=f"{row.name}: does not fit")
+            continue
+        color = REFRESHED if row.name == "PatchGD" else STALE
+        ax.plot(peak, result["final"]["accuracy"], next(markers), color=color, markeredgecolor="black",
+                markersize=9, label=f"{row.name}, batch {row.config.batch_size}")
+    ax.axvline(limit, color=GRADIENT, linestyle="--", linewidth=1)
+    ax.text(limit, 96, f" budget {budget}", color=GRADIENT, fontsize=8, va="top")
+    ax.axhline(10, color="grey", linestyle=":", linewidth=1)
+    ax.text(0, 11, " chance", color="grey", fontsize=8)
+    ax.set_xlim(0, max(peaks + [limit]) * 1.15)
+    ax.set_ylim(-5, 100)
+    ax.set(xlabel="peak memory of one training step, measured (MiB)", ylabel="test accuracy (%)", title=title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    return fig

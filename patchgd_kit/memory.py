@@ -44,6 +44,11 @@ from .patches import grid_shape, patches_per_iteration
 GiB = 2**30
 CUDA_CONTEXT_BYTES = 512 * 2**20  # 0.3-0.5 GB on current GPUs, outside the caching allocator
 ALLOCATOR_HEADROOM = 0.10         # of the rest: cuDNN workspaces, fragmentation (reserved > allocated)
+# A CPU budget bounds the rise of the resident set during a step, which runs above the live tensors:
+# thread pools and oneDNN's caches (about constant), malloc's arenas (a share: PatchGD's measured peak
+# is 1.4-1.55x its estimate, GD's 1.2x + 50 MiB on 2 cores). Measured: docs/memory-wall.md.
+CPU_RUNTIME_BYTES = 48 * 2**20
+CPU_HEADROOM = 0.35
 
 
 # ---- budgets ---------------------------------------------------------------------------------
@@ -71,13 +76,19 @@ def format_bytes(n: int) -> str:
     return f"{n / GiB:.2f} GiB" if n >= GiB // 10 else f"{n / 2**20:.1f} MiB"
 
 
-def usable_bytes(budget_bytes: int) -> int:
-    """What a plan may fill: the budget less the CUDA context, less the allocator headroom."""
+def usable_bytes(budget_bytes: int, device: str = "cuda") -> int:
+    """What a plan may fill: on CUDA the budget less the CUDA context, less the allocator headroom;
+    on a CPU (a budget on the rise of the process's resident memory) less what a step takes there
+    besides its live tensors (measured: ``wall``)."""
+    if device == "cpu":
+        return max(0, int(budget_bytes * (1 - CPU_HEADROOM) - CPU_RUNTIME_BYTES))
     return max(0, int((budget_bytes - CUDA_CONTEXT_BYTES) * (1 - ALLOCATOR_HEADROOM)))
 
 
-def budget_for(peak_bytes: int) -> int:
+def budget_for(peak_bytes: int, device: str = "cuda") -> int:
     """The smallest budget whose usable part holds an estimated peak (+1 byte against rounding)."""
+    if device == "cpu":
+        return math.ceil((peak_bytes + CPU_RUNTIME_BYTES) / (1 - CPU_HEADROOM)) + 1
     return math.ceil(peak_bytes / (1 - ALLOCATOR_HEADROOM)) + CUDA_CONTEXT_BYTES + 1
 
 
@@ -347,12 +358,13 @@ def _largest_fitting(peak_at: Callable[[int], int], usable: int, lowest: int,
 def plan(method: str, backbone: str, image_size: int, budget: int | str, *, patch_size: int | None = None,
          sampling: float | None = None, batch_size: int | None = None, amp: bool = False,
          num_classes: int = 10, grad_accum: int = 1, fill_chunk: int = 256, input_side: int | None = None,
-         lazy: bool = False) -> Plan:
+         lazy: bool = False, device: str = "cuda") -> Plan:
     """The largest batch that fits `budget`; for PatchGD at k = floor(sampling · m·n). For PatchGD
     with a `batch_size` and no `sampling`: the largest k for that batch. With both (or GD with a
-    batch size): check that the configuration fits, and refuse it, naming both numbers, if not."""
+    batch size): check that the configuration fits, and refuse it, naming both numbers, if not.
+    `device` "cpu": the budget bounds the rise of the process's resident memory (``usable_bytes``)."""
     budget_bytes = parse_budget(budget)
-    usable = usable_bytes(budget_bytes)
+    usable = usable_bytes(budget_bytes, device)
     cells = _check_patchgd(image_size, patch_size, None) if uses_patches(method) else None
     if cells and sampling is None and batch_size is None:
         raise KitError("PatchGD planning needs a sampling fraction (to plan the batch) or a batch size (to plan k)")
@@ -378,13 +390,13 @@ def plan(method: str, backbone: str, image_size: int, budget: int | str, *, patc
         at = f"batch size {batch_size or lowest}" + (f", k = {k or 1}" if cells else "")
         if planned == "":  # a given configuration that does not fit: say what would
             largest = plan(method, backbone, image_size, budget_bytes, patch_size=patch_size, sampling=sampling,
-                           **common)
+                           device=device, **common)
             raise KitError(f"{at} does not fit the {format_bytes(budget_bytes)} budget for {config}: it needs an "
                            f"estimated {format_bytes(smallest)}, {format_bytes(usable)} is usable; the largest "
                            f"batch that fits is {largest.batch_size}")
         raise BudgetTooSmall(f"memory budget {format_bytes(budget_bytes)} cannot hold {config}: {at} needs an "
                              f"estimated {format_bytes(smallest)}, so a budget of at least "
-                             f"{format_bytes(budget_for(smallest))} (with the margin)", smallest)
+                             f"{format_bytes(budget_for(smallest, device))} (with the margin)", smallest)
     next_peak = None
     if planned == "batch_size":
         batch_size, next_peak = _largest_fitting(peak_at, usable, lowest, None)

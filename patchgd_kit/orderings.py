@@ -83,6 +83,18 @@ def _bootstrap_accuracies(results: dict[str, RowResult]) -> dict[str, np.ndarray
     return samples
 
 
+def paired_difference(run: dict, other: dict) -> tuple[float, float, float]:
+    """Accuracy of `run` minus `other` (points) on the same test images, and the 95% interval of the
+    difference from a paired bootstrap (both runs scored on each resampled set of images)."""
+    if list(run["test_labels"]) != list(other["test_labels"]):
+        raise ValueError("a paired comparison needs both runs scored on the same test images")
+    correct = [np.equal(r["test_predictions"], r["test_labels"]).astype(float) for r in (run, other)]
+    draws = np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(correct[0]), size=(BOOTSTRAP_SAMPLES, len(correct[0])))
+    spread = (correct[0][draws] - correct[1][draws]).mean(axis=1) * 100
+    low, high = np.percentile(spread, [2.5, 97.5])
+    return float((correct[0] - correct[1]).mean() * 100), float(low), float(high)
+
+
 def _term_samples(term: Term, samples: dict[str, np.ndarray]) -> np.ndarray:
     if isinstance(term, str):
         return samples[term]

@@ -57,6 +57,11 @@ class Profile:
     # Tables whose rows not in the paper (beyond.py: GD's alternatives, gd-checkpoint and gd-downscaled)
     # the reproduction trains beside the paper's rows.
     beyond: tuple[str, ...] = ()
+    # Notebook 04's memory wall (``wall``): one budget on the rise of this machine's resident memory
+    # during a training step, under which every way of training is measured, on a test split of
+    # wall_per_class_test images per class (the same training split as the profile's runs).
+    wall_budget: str = "512MiB"
+    wall_per_class_test: int = 100
     # Values that differ for one backbone's UltraMNIST runs, e.g. {"resnet50": {"image_size": 64}}:
     # ResNet50 costs 4-6x MobileNetV2 per image on a CPU, so its rows may run at a smaller scale.
     backbone_scale: dict = dataclasses.field(default_factory=dict)
@@ -78,6 +83,7 @@ PROFILES: dict[str, Profile] = {
         weights="digits", pretrain_steps=2, trunk_lr_scale=0.1,
         description="seconds to minutes on 2 CPU cores, for CI and nbval (ResNet50 rows 1 epoch); the numbers mean nothing",
         beyond=("table2",),  # the path of every table's alternatives; Table 3's ResNet50 plans at 2048 px cost a minute
+        wall_budget="256MiB", wall_per_class_test=2,
         backbone_scale={"resnet50": {"epochs": 1}},
     ),
     "binder": Profile(
@@ -85,6 +91,7 @@ PROFILES: dict[str, Profile] = {
         warmup_epochs=1, sampling=0.25, max_sampled=1.0, panda_scale=16, panda_grid_scale=4, panda_per_class_train=8,
         panda_per_class_test=4, panda_epochs=2, seeds=1, batch_scale=1.0, max_batch_size=8,
         weights="digits", pretrain_steps=100, trunk_lr_scale=0.1, description="fits Binder's 1-2 GB of RAM and its 1 CPU",
+        wall_budget="384MiB", wall_per_class_test=8,  # the wall beside the kernel in 2 GB
     ),
     # cpu: designed to learn on 2 CPU cores, every run above chance. The aim was the hour; the measured
     # design takes about two (README's profile table; docs/cpu-scale.md has every attempt, its curve and minutes).
@@ -122,6 +129,7 @@ PROFILES: dict[str, Profile] = {
         description="the paper's settings (512 px, patch 256, 1000 images per class, 100 epochs); "
                     "needs a GPU: about 1,700 A100 hours for every table, one seed (estimated; the tables' footers)",
         beyond=("table1", "table2", "table3"),
+        wall_budget="4GB",  # on a GPU: the allocator's peak, Table 2's 4 GB budget
     ),
 }
 

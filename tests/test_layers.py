@@ -14,6 +14,7 @@ FLOOR_OF = {
     "paper": "paper", "beyond": "paper",
     "patches": "core", "models": "core", "patchgd": "core", "gd": "core", "methods": "core",
     "livebytes": "core", "memory": "core", "stepmeasure": "core", "alternatives": "core", "altplan": "core",
+    "wall": "runs",
     "streaming": "core",
     "config": "runs", "runfolder": "runs", "training": "runs", "store": "runs", "profiles": "runs",
     "pretrain": "runs", "paperplans": "runs", "scaling": "runs", "distributed": "runs",
