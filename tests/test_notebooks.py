@@ -103,11 +103,7 @@ def test_teaching_notebooks_end_with_a_summary_and_exercises_with_folded_answers
     assert 3 <= answers <= 8 and answers == text.count("</details>")
 
 
-CODING_EXERCISES_PENDING = {"04_train_patchgd.ipynb": "being rewritten; its coding exercises are merged with it"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=CODING_EXERCISES_PENDING[n]))
-                                  if n in CODING_EXERCISES_PENDING else n for n in TEACHING])
+@pytest.mark.parametrize("name", TEACHING)
 def test_teaching_notebooks_have_coding_exercises_with_checks(name):
     """At least two exercises make the reader write or break code: a code cell in the exercises that
     checks what the reader wrote (it runs as committed, doing nothing until the reader fills it in)."""

@@ -112,8 +112,8 @@ def test_runs_shared_between_tables_have_one_store_folder(smoke_runs):
     assert run_of("table5_6", "eps1") == run_of("table2", "patchgd_16gb")
     assert run_of("table5_6", "eps2") != run_of("table5_6", "eps1")
     assert run_of("table1", "gd_16gb") != run_of("table1", "gd_4gb")
-    # notebooks 03 and 04 train the 16 GB rows of Table 2 (Table 1 with ResNet50), unless the reader
-    # changes a value: then the run is one of its own
+    # a teaching run (notebook 03's GD, and PatchGD's the same way) is the 16 GB row of Table 2 (Table 1
+    # with ResNet50), unless the reader changes a value: then the run is one of its own
     from patchgd_kit import notebook
     for backbone, table in (("mobilenet_v2", "table2"), ("resnet50", "table1")):
         for method in ("gd", "patchgd"):
