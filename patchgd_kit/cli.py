@@ -253,10 +253,18 @@ def add_reproduce(p) -> None:
     p.add_argument("--alternatives", action=argparse.BooleanOptionalAction, default=None,
                    help="also train GD's alternatives (gd-checkpoint, gd-downscaled: the rows not in the paper) "
                         "beside Tables 1-3 (default: the profile's choice; cpu: no, Table 2's four alone take 23 minutes on 2 cores)")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the expected GPU minutes per notebook (images/s of the latest committed gpu-check, "
+                        "else the paper's A100 latency) and train nothing")
 
 
 def run_reproduce(args) -> None:
     from .reproduce import reproduce
+    if args.estimate:
+        from .gpuestimate import estimate, format_estimate
+        from .gpureport import latest_check
+        print(format_estimate(estimate(args.profile or "gpu", latest_check())))
+        return
     reproduce(args.profile, args.seeds, args.out, only=args.only.split(",") if args.only else None,
               alternatives=args.alternatives)
 

@@ -57,19 +57,26 @@ class Profile:
     # Tables whose rows not in the paper (beyond.py: GD's alternatives, gd-checkpoint and gd-downscaled)
     # the reproduction trains beside the paper's rows.
     beyond: tuple[str, ...] = ()
-    # Notebook 04's memory wall (``wall``): one budget on the rise of this machine's resident memory
-    # during a training step, under which every way of training is measured, on a test split of
-    # wall_per_class_test images per class (the same training split as the profile's runs).
+    # Notebook 04's memory wall (``wall``): one budget on the peak memory of a training step on this
+    # machine, under which every way of training is measured, on a dataset of its own: a test split
+    # large enough for a paired comparison to decide, a training split that keeps the four runs in
+    # about ten minutes on 2 cores (docs/memory-wall.md). None: the profile's per_class_train.
     wall_budget: str = "512MiB"
     wall_per_class_test: int = 100
+    wall_per_class_train: int | None = None
     # Values that differ for one backbone's UltraMNIST runs, e.g. {"resnet50": {"image_size": 64}}:
     # ResNet50 costs 4-6x MobileNetV2 per image on a CPU, so its rows may run at a smaller scale.
     backbone_scale: dict = dataclasses.field(default_factory=dict)
+    # Numbered notebooks `reproduce` leaves out at this profile, each with the reason it prints.
+    skip_notebooks: dict = dataclasses.field(default_factory=dict)
 
     def for_backbone(self, backbone: str) -> "Profile":
         """This profile with `backbone`'s own values (backbone_scale) in place."""
         return dataclasses.replace(self, **self.backbone_scale.get(backbone, {}))
 
+
+# The gpu profile's training set and epochs: sized by gpuestimate to fit the hour (README's profile table).
+GPU_PER_CLASS_TRAIN, GPU_EPOCHS = 500, 6
 
 PROFILES: dict[str, Profile] = {
     # smoke: every notebook's real path at the smallest sizes, for CI (nbval on every notebook in
@@ -112,6 +119,7 @@ PROFILES: dict[str, Profile] = {
         epochs=2, warmup_epochs=0.5, sampling=0.25, max_sampled=1.0, panda_scale=16, panda_grid_scale=4,
         panda_per_class_train=8, panda_per_class_test=4, panda_epochs=1, seeds=1, batch_scale=0.25,
         max_batch_size=None, weights="digits", pretrain_steps=1200, pretrain_lr=3e-3, trunk_lr_scale=0.1,
+        wall_per_class_train=300,
         description="default without a GPU: every figure and table on 2 cores (docs/cpu-scale.md); UltraMNIST "
                     "at 128 px on 4,500 images x 2 epochs (ResNet50 rows 64 px, 3,000 x 2), digits of at least "
                     "24 px (16 px), digits-pretrained backbones with trunk lr x 0.1, planned batches x 1/4 (x 1/2)",
@@ -120,6 +128,27 @@ PROFILES: dict[str, Profile] = {
         backbone_scale={"resnet50": {"image_size": 64, "patch_size": 32, "min_digit_side": 16,
                                      "pretrain_steps": 750, "per_class_train": 300, "epochs": 2,
                                      "batch_scale": 0.5}},
+    ),
+    # gpu: the paper's UltraMNIST (512 px, patch 256, the recipe's digits, planned batches at the real
+    # budgets, fp32, ImageNet init) on one GPU in an hour for Figure 2 and Tables 1, 2, 5/6 by the kit's
+    # own estimate (`reproduce --profile gpu --estimate`, gpuestimate.py: images/s from a committed
+    # gpu-check, else the paper's A100 latency). 2,000 test images decide the orderings' bootstrap
+    # intervals better than the cpu profile's 500. Offline, the ImageNet weights fall back to the
+    # digits-pretrained stand-in (profile_weights says so in one line; every table names the init).
+    "gpu": Profile(
+        name="gpu", image_size=512, patch_size=256, min_digit_side=4, per_class_train=GPU_PER_CLASS_TRAIN,
+        per_class_test=200, epochs=GPU_EPOCHS, warmup_epochs=1, sampling=0.25, max_sampled=1.0, panda_scale=1,
+        panda_grid_scale=1, panda_per_class_train=1000, panda_per_class_test=200, panda_epochs=100, seeds=1,
+        batch_scale=1.0, max_batch_size=None, weights="imagenet", pretrain_steps=1200, pretrain_lr=3e-3,
+        trunk_lr_scale=1.0,
+        description=f"one GPU, about an hour (estimated): UltraMNIST at 512 px, patch 256, the recipe's digits, "
+                    f"{GPU_PER_CLASS_TRAIN * 10:,} train / 2,000 test images x {GPU_EPOCHS} epochs, planned "
+                    "batches at the real budgets, fp32, ImageNet init (offline: the digits-pretrained stand-in); "
+                    "Tables 3/4 only at the paper's scale (profile paper)",
+        wall_budget="4GB",  # on a GPU: the allocator's peak, Table 2's 4 GB budget (as paper)
+        skip_notebooks={n: f"Table {t} runs on PANDA at the paper's sizes (512-4096 px), hundreds of A100 "
+                           f"hours; the gpu profile leaves it to `--profile paper`"
+                        for n, t in (("09", 3), ("10", 4))},
     ),
     "paper": Profile(
         name="paper", image_size=512, patch_size=256, min_digit_side=4, per_class_train=1000, per_class_test=200,
@@ -169,8 +198,19 @@ def profile_dataset(profile: Profile, seed: int = 0, progress: bool = True) -> P
 
 def profile_weights(profile: Profile, backbone: str, progress: bool = True) -> str | None:
     """The backbone init of the profile's runs: None, "imagenet", or for "digits" the path of the
-    digits-pretrained trunk, made on first use in ``runs/<profile>/weights/`` (pretrain.py)."""
-    if profile.weights != "digits":
+    digits-pretrained trunk, made on first use in ``runs/<profile>/weights/`` (pretrain.py). For
+    "imagenet" where torchvision cannot fetch them (no network), one line says so and the digits
+    stand-in is used instead; the tables name every run's init (report.init_name)."""
+    if profile.weights == "imagenet":
+        missing = imagenet_unavailable(backbone)
+        if missing is None:
+            return "imagenet"
+        if backbone not in _FALLBACK_SAID:
+            _FALLBACK_SAID.add(backbone)
+            print(f"ImageNet weights for {backbone} could not be downloaded ({missing}); profile {profile.name!r} "
+                  f"uses the digits-pretrained stand-in ({profile.pretrain_steps} steps), named in every table",
+                  flush=True)
+    elif profile.weights != "digits":
         return profile.weights
     from .pretrain import pretrain_backbone
     crop = profile.patch_size
@@ -179,3 +219,26 @@ def profile_weights(profile: Profile, backbone: str, progress: bool = True) -> s
     pretrain_backbone(backbone, profile.image_size, crop, path, steps=profile.pretrain_steps,
                       lr=profile.pretrain_lr, min_digit_side=profile.min_digit_side, progress=progress)
     return str(path)
+
+
+_IMAGENET_TRIED: dict[str, str | None] = {}  # backbone → why its download failed (None: it worked)
+_FALLBACK_SAID: set[str] = set()  # backbones whose ImageNet fallback line this process has printed
+
+
+def imagenet_unavailable(backbone: str) -> str | None:
+    """None when torchvision's ImageNet weights of `backbone` are in torch's cache or can be downloaded
+    into it now; else why not, in a few words (the download's error)."""
+    import torch
+    import torchvision
+    url = torchvision.models.get_model_weights(backbone).DEFAULT.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name  # where torchvision looks first
+    if cached.is_file():
+        return None
+    if backbone not in _IMAGENET_TRIED:  # one try per process: a failed download fails again
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(cached), progress=False)
+            _IMAGENET_TRIED[backbone] = None
+        except Exception as e:  # noqa: BLE001 - no network, a proxy, a full disk: all mean "use the stand-in"
+            _IMAGENET_TRIED[backbone] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else url}"
+    return _IMAGENET_TRIED[backbone]

@@ -120,6 +120,21 @@ def numbered_notebooks(folder: Path = NOTEBOOKS, only: list[str] | None = None) 
     return paths
 
 
+def skip_notebooks(paths: list[Path], profile: Profile, progress: bool = True) -> list[Path]:
+    """`paths` less the notebooks the profile leaves out (Profile.skip_notebooks), each said in one line."""
+    kept = []
+    for path in paths:
+        why = profile.skip_notebooks.get(path.name[:2])
+        if why is None:
+            kept.append(path)
+        elif progress:
+            print(f"== {path.name}: not run at profile {profile.name!r}: {why}", flush=True)
+    if not kept:
+        raise KitError(f"every notebook asked for is left out at profile {profile.name!r}; allowed: notebooks "
+                       f"other than {', '.join(sorted(profile.skip_notebooks))}")
+    return kept
+
+
 @contextlib.contextmanager
 def _environment(**values: str):
     """Set environment variables for the duration (the notebooks' kernels inherit them)."""
@@ -147,19 +162,23 @@ def reproduce(profile: str | None = None, seeds: int | None = None, out: str | P
 
     from .notebook import run_notebook
     profile = get_profile(profile)
-    if profile.name == "paper" and not torch.cuda.is_available():
-        raise KitError("profile 'paper' (512 px, 10,000 images, 100 epochs per run) needs a CUDA GPU; "
-                       "allowed here: smoke, cpu (the notebooks state the paper profile's GPU hours)")
+    if profile.name in ("paper", "gpu") and not torch.cuda.is_available():
+        raise KitError(f"profile {profile.name!r} (512 px) needs a CUDA GPU; allowed here: smoke, binder, cpu "
+                       "(`reproduce --profile gpu --estimate` says how long the gpu profile takes)")
     seeds = profile.seeds if seeds is None else seeds
     if seeds < 1:
         raise KitError(f"seeds {seeds} must be at least 1")
     root = Path(out).resolve() if out else runs_root().resolve()
     target = root / profile.name
-    paths = numbered_notebooks(folder, only)
+    paths = skip_notebooks(numbered_notebooks(folder, only), profile, progress)
     check_writable_folder(target)  # before the first notebook: --out or $KIT_RUNS may be a file, or read-only
     given = {"profile": profile.name, "seeds": seeds, "interactive": False}
     if alternatives is not None:
         given["alternatives"] = alternatives
+    if profile.name == "gpu" and progress:  # what the hour should hold, before anything trains
+        from .gpuestimate import estimate, format_estimate
+        from .gpureport import latest_check
+        print(format_estimate(estimate(profile, latest_check())), flush=True)
     timings = []
     start = time.perf_counter()
     with _environment(KIT_RUNS=str(root), KIT_PROFILE=profile.name):
@@ -184,7 +203,8 @@ def reproduce(profile: str | None = None, seeds: int | None = None, out: str | P
     title = (f"Profile **{profile.name}**: {profile.description}. Seeds: {seeds}. Device: {device}. "
              f"Made by `python -m patchgd_kit reproduce` on {datetime.date.today()} in "
              f"{(time.perf_counter() - start) / 60:.1f} min (runs already in the store are read back, not timed): "
-             + ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in timings) + ".\n")
+             + ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in timings) + "."
+             + "".join(f" Notebook {n} not run: {why}." for n, why in sorted(profile.skip_notebooks.items())) + "\n")
     report = write_report(target, title)
     if progress:
         print(f"report: {report}", flush=True)
