@@ -162,11 +162,12 @@ def plot_wall(rows, results: dict[str, dict], budget: str, title: str = "") -> F
         ax.plot(peak, result["final"]["accuracy"], next(markers), color=color, markeredgecolor="black",
                 markersize=9, label=f"{row.name}, batch {row.config.batch_size}")
     ax.axvline(limit, color=GRADIENT, linestyle="--", linewidth=1)
-    ax.text(limit, 96, f" budget {budget}", color=GRADIENT, fontsize=8, va="top")
+    ax.text(limit, 1, f" budget {budget}", color=GRADIENT, fontsize=8, va="bottom")
     ax.axhline(10, color="grey", linestyle=":", linewidth=1)
     ax.text(0, 11, " chance", color="grey", fontsize=8)
     ax.set_xlim(0, max(peaks + [limit]) * 1.15)
-    ax.set_ylim(-5, 100)
+    best = max([result["final"]["accuracy"] for result in results.values()] + [10])
+    ax.set_ylim(-5, min(100, best + 20))
     ax.set(xlabel="peak memory of one training step, measured (MiB)", ylabel="test accuracy (%)", title=title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     return fig

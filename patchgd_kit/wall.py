@@ -54,12 +54,14 @@ class WallRow:
 
 def wall_config(profile: Profile, backbone: str = "mobilenet_v2", seed: int = 0, device: str = "auto",
                 progress: bool = True) -> TrainConfig:
-    """PatchGD at the profile's UltraMNIST size, data and init: the config every row of the wall
-    starts from (each row changes its method, batch and, for gd-downscaled, the side). The test
-    split has ``wall_per_class_test`` images per class, so that a paired comparison can decide."""
+    """PatchGD at the profile's UltraMNIST size, digits and init: the config every row of the wall
+    starts from (each row changes its method, batch and, for gd-downscaled, the side). Its dataset
+    has ``wall_per_class_test`` test images per class, so that a paired comparison can decide, and
+    ``wall_per_class_train`` training images per class (the profile's when None)."""
     profile = profile.for_backbone(backbone)
-    data = ensure_dataset(profile_dir(profile) / "data", profile.image_size, profile.per_class_train,
-                          profile.wall_per_class_test, seed, progress=progress, min_digit_side=profile.min_digit_side)
+    data = ensure_dataset(profile_dir(profile) / "data", profile.image_size,
+                          profile.wall_per_class_train or profile.per_class_train, profile.wall_per_class_test, seed,
+                          progress=progress, min_digit_side=profile.min_digit_side)
     config = TrainConfig(method="patchgd", backbone=backbone, data=str(data), image_size=profile.image_size,
                          patch_size=profile.patch_size, sampling=profile.sampling, max_sampled=profile.max_sampled,
                          epochs=profile.epochs, warmup_epochs=profile.warmup_epochs, batch_size=None,

@@ -24,4 +24,4 @@ def test_readme_and_notebook_05_print_the_same_profile_table():
     assert profile_table_markdown() in README.read_text()
     notebook = (README.parent / "notebooks" / "05_figure2.ipynb").read_text()
     assert "profile_times.profile_table_markdown()" in notebook
-    assert round(sum(CPU_MINUTES.values())) == 130 and sum(PAPER_A100_HOURS.values()) == 1716
+    assert round(sum(CPU_MINUTES.values())) == 125 and sum(PAPER_A100_HOURS.values()) == 1716
