@@ -20,7 +20,7 @@ FLOOR_OF = {
     "pretrain": "runs", "paperplans": "runs", "scaling": "runs", "distributed": "runs",
     "orderings": "report", "latency": "report", "report": "report", "figure": "report",
     "viz": "face", "schematic": "face", "profile_times": "face", "curves": "face", "live": "face", "widgets": "face", "notebook": "face", "reproduce": "face",
-    "gpuplan": "runs", "gpureport": "report", "gpucheck": "face", "cli": "face", "__main__": "face", "__init__": "face",
+    "gpuplan": "runs", "gpuestimate": "runs", "gpureport": "report", "gpucheck": "face", "cli": "face", "__main__": "face", "__init__": "face",
 }
 
 
