@@ -34,12 +34,15 @@ from .config import TrainConfig
 from .data import ensure_dataset
 from .errors import KitError
 from .files import check_writable_folder
+from .gpuestimate import estimate
 from .gpuplan import Row, dry_plan, paper_plan
 from .gpureport import CHECKS_DIR, write_report
 from .latency import device_name, measure_latency
 from .livebytes import LiveBytes
 from .memory import ALLOCATOR_HEADROOM, CUDA_CONTEXT_BYTES
 from .methods import StepSettings, method_of
+from .profiles import get_profile
+from .report import init_name
 from .training import make_optimizer, model_on, step_settings, train
 
 DRY_OUT = Path("runs/gpu-check-dry")  # dry runs never write into docs/: CI leaves the repository clean
@@ -251,9 +254,42 @@ def check_latency(row: Row, ctx: _Context) -> dict:
             "precision": result["precision"]}
 
 
+# The gpu profile's slice: images per class (train, test) and the stand-in's pretraining steps (used
+# only where ImageNet weights cannot be downloaded): on CUDA a few hundred images, about 2 minutes.
+SLICE_PER_CLASS = {"cuda": (30, 20, 50), "dry": (2, 1, 2)}
+
+
+def check_slice(row: Row, ctx: _Context) -> dict:
+    """The gpu profile's row (Table 2's PatchGD 16 GB) as reproduce trains it: its planned batch under
+    its budget (enforced on CUDA), its data made at the row's size, its init (ImageNet, or the digits
+    stand-in where they cannot be downloaded), one epoch on a few hundred images, data loading included."""
+    from .reproduce import _environment, run_table
+    train_pc, test_pc, steps = SLICE_PER_CLASS["dry" if ctx.dry else "cuda"]
+    profile = get_profile("gpu", image_size=row.image_size, patch_size=row.patch_size, per_class_train=train_pc,
+                          per_class_test=test_pc, epochs=1, warmup_epochs=0, pretrain_steps=steps)
+    with _environment(KIT_RUNS=str(ctx.scratch / "slice")):
+        result = run_table("table2", profile, rows=("patchgd_16gb",), progress=False)[0]
+    final = result.runs[0]["final"]
+    return {"batch_size_used": result.config.batch_size, "init": init_name(result.config.weights),
+            "train_images": train_pc * 10, "test_images": result.test_images,
+            "train_images_per_s": final["train_images_per_s"],
+            "eval_images_per_s": result.test_images / final["eval_seconds"], "accuracy": final["accuracy"],
+            **{k: final[k] for k in ("peak_allocated_bytes", "peak_reserved_bytes") if k in final}}
+
+
+def hour_estimate(report: dict) -> dict:
+    """The gpu profile's minutes for Figure 2 and Tables 1, 2, 5/6 (notebooks 03, 05-08) at the images/s
+    this check measured where it has them (gpuestimate: at 512 px, so never from a dry run)."""
+    result = estimate("gpu", report)
+    sources = sorted({r["source"] for n in result["notebooks"].values() for r in n["runs"]})
+    return {"minutes": round(result["total_minutes"], 1),
+            "by_notebook": {n: round(e["minutes"], 1) for n, e in result["notebooks"].items()},
+            "sources": sources}
+
+
 CHECKS: dict[str, Callable[[Row, _Context], dict]] = {
     "peak": check_peak, "budget": check_budget, "over-budget": check_over_budget,
-    "fp16-epoch": check_fp16_epoch, "speed": check_speed, "latency": check_latency}
+    "fp16-epoch": check_fp16_epoch, "speed": check_speed, "latency": check_latency, "slice": check_slice}
 
 
 # ---- running the plan --------------------------------------------------------------------------
@@ -321,7 +357,8 @@ def run_check(out: str | Path | None = None, *, dry: bool | None = None, minutes
         for row in rows:
             record = run_row(row, ctx, start + 60 * minutes)
             report["rows"].append(record)
-            report.update(elapsed_s=round(time.monotonic() - start, 1), **_device_info(device))
+            report.update(elapsed_s=round(time.monotonic() - start, 1), hour_estimate=hour_estimate(report),
+                          **_device_info(device))
             files = write_report(report, folder)
             log(f"[{report['elapsed_s']:6.1f} s] {row.section:<11} {row.name}: {record['status']}"
                 + (f" ({record.get('error') or record.get('reason')})" if record["status"] != "ok" else ""))

@@ -62,6 +62,9 @@ _COLUMNS = {  # per section: (title, the figure's key, its format)
     "fp16-epoch": [("precision", "precision", _num), ("loss", "train_loss", _num),
                    ("img/s", "train_images_per_s", _num), ("peak reserved", "peak_reserved_bytes", _gib)],
     "speed": [("train img/s", "train_images_per_s", _num)],
+    "slice": [("init", "init", _num), ("batch", "batch_size_used", _num), ("train images", "train_images", _num),
+              ("train img/s", "train_images_per_s", _num), ("inference img/s", "eval_images_per_s", _num),
+              ("peak reserved", "peak_reserved_bytes", _gib)],
     "latency": [("img/s", "images_per_s", _num), ("paper img/s (A100 40 GB)", "paper_images_per_s", _num),
                 ("precision", "precision", _num)],
 }
@@ -69,7 +72,8 @@ TITLES = {"peak": "Estimated against measured peak, one real training step (Adam
           "budget": "The planned batch under an enforced budget", "over-budget": "Twice the planned batch",
           "fp16-epoch": "One epoch of train() in mixed precision",
           "speed": "Training speed (the real step on device-resident images)",
-          "latency": "Inference latency, Table 3's column (latency.measure_latency)"}
+          "latency": "Inference latency, Table 3's column (latency.measure_latency)",
+          "slice": "A slice of the gpu profile: Table 2's PatchGD 16 GB row, one epoch (train(), data loading included)"}
 
 
 def format_markdown(report: dict) -> str:
@@ -85,7 +89,7 @@ def format_markdown(report: dict) -> str:
               f"Planner margin: {format_bytes(CUDA_CONTEXT_BYTES)} CUDA context + {ALLOCATOR_HEADROOM:.0%} headroom"
               + (f"; measured outside the allocator: {_gib(report.get('outside_allocator_bytes'))}" if not report["dry"] else "")
               + f". Estimate / measured: allocated {_range(s['ratio_allocated'])}, reserved {_range(s['ratio_reserved'])}.",
-              f"**Verdict**: {s['verdict']}.", ""]
+              f"**Verdict**: {s['verdict']}.", *_hour_lines(report), ""]
     for section in SECTIONS:
         rows = [r for r in report["rows"] if r["section"] == section]
         if rows:
@@ -95,6 +99,16 @@ def format_markdown(report: dict) -> str:
             lines += [f"| {r['name']} | {_status(r)} | " + " | ".join(f(r.get(k)) for _, k, f in cols) + " |" for r in rows]
             lines.append("")
     return "\n".join(lines)
+
+
+def _hour_lines(report: dict) -> list[str]:
+    """The gpu profile's hour (Figure 2, Tables 1, 2, 5/6) as this check's images/s predict it."""
+    hour = report.get("hour_estimate")
+    if not hour:
+        return []
+    notebooks = ", ".join(f"{n} {m}" for n, m in hour["by_notebook"].items())
+    return [f"**The gpu profile's hour** (`reproduce --profile gpu --estimate` at this check's images/s): "
+            f"{hour['minutes']} min estimated ({notebooks}); images/s from: {'; '.join(hour['sources'])}."]
 
 
 def _range(pair) -> str:
