@@ -60,6 +60,7 @@ def test_a_gpu_checks_measured_images_per_s_replace_the_papers():
     assert measured["notebooks"]["06"] == paper_only["notebooks"]["06"]  # ResNet50: still the paper's figure
 
 
+@pytest.mark.slow  # 867 s at load 4 on 2 cores (2026-12-06): train() plans every budgeted run on fake tensors
 def test_the_gpu_profiles_rows_run_tiny_on_the_cpu_end_to_end(tiny_gpu, tmp_path, capsys):
     folder = profiles.profile_dir(tiny_gpu)
     figure_runs = reproduce.run_table("table1", tiny_gpu, rows=FIGURE2["rows"], progress=False)
