@@ -194,7 +194,9 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
         return None
     if device.type == "cuda":
         return torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else None
+    # PatchGD under CPU bf16 autocast diverged: NaN in the first batch of the smoke profile's Table 3
+    # (ResNet50, 16 px patches) on an AVX-512 Xeon, where fp32 trains; so it runs fp32 on a CPU.
+    return torch.bfloat16 if cpu_has_native_bf16() and not uses_patches(config.method) else None
 
 
 def precision(config: TrainConfig) -> str:
@@ -206,7 +208,11 @@ def precision(config: TrainConfig) -> str:
         return "fp16 (CUDA autocast + loss scaling)"
     if dtype == torch.bfloat16:
         return "bf16 autocast (the CPU stand-in for fp16)"
-    return "fp32 (fp16 row; this CPU has no native bf16)" if config.amp else "fp32"
+    if not config.amp:
+        return "fp32"
+    if cpu_has_native_bf16():
+        return "fp32 (fp16 row; PatchGD diverged under CPU bf16 autocast)"
+    return "fp32 (fp16 row; this CPU has no native bf16)"
 
 
 def use_channels_last(config: TrainConfig, device: torch.device) -> bool:

@@ -83,7 +83,7 @@ def test_pretrain_command_writes_a_file_that_train_loads(tiny_data, tmp_path, ca
                  "patchgd", "--backbone", "mobilenet_v2", "--image-size", "64", "--patch-size", "32",
                  "--batch-size", "10", "--epochs", "1", "--weights", str(weights)]) == 0
     for args, message in ((["--backbone", "vgg"], "unknown backbone 'vgg'"),
-                          (["--backbone", "resnet50", "--steps", "0"], "steps 0 is not allowed; allowed: an integer >= 1"),
+                          (["--backbone", "resnet50", "--steps", "0"], "steps 0 is not allowed; allowed: an integer in 1..1000000"),
                           (["--backbone", "resnet50", "--lr", "0"], "lr 0.0 is not allowed; allowed: a number > 0"),
                           (["--backbone", "resnet50", "--crop-size", "100"], "crop size 100 must be between 1 and")):
         assert main(["pretrain", "--image-size", "64", "--out", str(tmp_path / "x.pt"), *args]) == 2
