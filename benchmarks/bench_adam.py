@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from patchgd_kit.methods import build_model  # noqa: E402
+from patchgd_kit.core.methods import build_model  # noqa: E402
 
 
 def milliseconds(action, repeats: int = 10, warmup: int = 3) -> float:

@@ -16,10 +16,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from patchgd_kit import memory  # noqa: E402
-from patchgd_kit.latency import training_speed  # noqa: E402
-from patchgd_kit.methods import METHODS  # noqa: E402
-from patchgd_kit.patches import schedule_for  # noqa: E402
+from patchgd_kit.planner import budget, estimate as planner_estimate  # noqa: E402
+from patchgd_kit.report.latency import training_speed  # noqa: E402
+from patchgd_kit.core.methods import METHODS  # noqa: E402
+from patchgd_kit.core.patches import schedule_for  # noqa: E402
 
 
 def bench(method: str, backbone: str, size: int, batch: int, seconds: float) -> dict:
@@ -33,7 +33,7 @@ def bench(method: str, backbone: str, size: int, batch: int, seconds: float) -> 
         return {"method": method, "images_s": images_s, "peak_bytes": torch.cuda.max_memory_allocated(),
                 "peak": "measured"}
     extra = {"patch_size": patch, "k": schedule_for(size, patch, 0.25, 1.0)[0]} if patch else {"input_side": side}
-    peak = memory.estimate_peak(method, backbone, size, batch, **extra).peak_bytes
+    peak = planner_estimate.estimate_peak(method, backbone, size, batch, **extra).peak_bytes
     return {"method": method, "images_s": images_s, "peak_bytes": peak, "peak": "estimated"}
 
 
@@ -53,7 +53,7 @@ def main() -> None:
     print("| method | images/s | × GD | peak memory | × GD |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['images_s']:.2f} | {r['images_s'] / gd['images_s']:.2f} | "
-              f"{memory.format_bytes(r['peak_bytes'])} ({r['peak']}) | {r['peak_bytes'] / gd['peak_bytes']:.2f} |")
+              f"{budget.format_bytes(r['peak_bytes'])} ({r['peak']}) | {r['peak_bytes'] / gd['peak_bytes']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_generate import bench as bench_generate  # noqa: E402
-from patchgd_kit import gd, patchgd  # noqa: E402
-from patchgd_kit.methods import build_model  # noqa: E402
-from patchgd_kit.patches import grid_shape, inner_iterations, patch_view, patches_per_iteration  # noqa: E402
-from patchgd_kit.profiles import get_profile  # noqa: E402
-from patchgd_kit.config import TrainConfig, use_channels_last  # noqa: E402
+from patchgd_kit.core import gd, patchgd  # noqa: E402
+from patchgd_kit.core.methods import build_model  # noqa: E402
+from patchgd_kit.core.patches import grid_shape, inner_iterations, patch_view, patches_per_iteration  # noqa: E402
+from patchgd_kit.runs.profiles import get_profile  # noqa: E402
+from patchgd_kit.runs.config import TrainConfig, use_channels_last  # noqa: E402
 
 
 def timed(step, images: int, min_seconds: float = 3.0, warmup: int = 1) -> float:

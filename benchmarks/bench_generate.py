@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from patchgd_kit.data import NUM_CLASSES, generate_split, load_digit_pools  # noqa: E402
+from patchgd_kit.data.ultramnist import NUM_CLASSES, generate_split, load_digit_pools  # noqa: E402
 
 
 def bench(image_size: int, per_class: int, workers: int) -> dict:

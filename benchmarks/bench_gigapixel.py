@@ -6,7 +6,7 @@ a patch at a time, against the image's side. Prints a table; asserts nothing.
     python benchmarks/bench_gigapixel.py --sides 65536 --estimate-only    # the planner alone: seconds
 
 Per side and backbone (patch 256, batch 1, k patches per inner iteration, ζ inner iterations):
-- the planner's estimate of one step (``memory.estimate_peak``, GPU bytes allocated): lazily read
+- the planner's estimate of one step (``planner_estimate.estimate_peak``, GPU bytes allocated): lazily read
   (``lazy=True``: Z, the patches in flight and their work) and in memory (the fp32 image as an input);
 - measured (``stepmeasure.measure_step``, a fresh process per row): peak RSS on a CPU, of the whole process
   (Python, torch and the model are the baseline column), or CUDA peak allocated on a GPU; seconds of
@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from patchgd_kit import memory, stepmeasure  # noqa: E402
-from patchgd_kit.digits import draw_layout, load_digit_pools, paint  # noqa: E402
-from patchgd_kit.tiled import write_tiled  # noqa: E402
+from patchgd_kit.planner import budget, estimate as planner_estimate, measure as stepmeasure  # noqa: E402
+from patchgd_kit.data.digits import draw_layout, load_digit_pools, paint  # noqa: E402
+from patchgd_kit.data.tiled import write_tiled  # noqa: E402
 
 TILE = 256
 
@@ -45,7 +45,7 @@ def tiled_image(folder: Path, side: int) -> Path:
 
 def estimates(backbone: str, side: int, args, batch: int) -> dict:
     common = dict(patch_size=args.patch, k=args.k, fill_chunk=args.fill_chunk)
-    return {lazy: memory.estimate_peak("patchgd", backbone, side, batch, lazy=lazy, **common).peak_bytes
+    return {lazy: planner_estimate.estimate_peak("patchgd", backbone, side, batch, lazy=lazy, **common).peak_bytes
             for lazy in (True, False)}
 
 
@@ -53,11 +53,11 @@ def row(backbone: str, side: int, args) -> list[str]:
     batch, note = args.batch, ""
     try:
         est = estimates(backbone, side, args, batch)
-    except memory.BatchCannotTrain:
+    except planner_estimate.BatchCannotTrain:
         batch, note = 2, "batch 2: batch 1 cannot train (BatchNorm on the head's 1x1 map)"
         est = estimates(backbone, side, args, batch)
     cells = [f"{side:,}", f"{side * side / 1e9:.3f}", backbone, str(batch),
-             memory.format_bytes(est[True]), memory.format_bytes(est[False])]
+             budget.format_bytes(est[True]), budget.format_bytes(est[False])]
     if args.estimate_only:
         return cells + ["-"] * 4 + [note]
     path = tiled_image(Path(args.data), side)
@@ -67,9 +67,9 @@ def row(backbone: str, side: int, args) -> list[str]:
         runs["in memory"] = stepmeasure.measure_step(path, backbone, patch_size=args.patch, k=args.k, batch_size=batch,
                                                 inner_iterations=args.inner, fill_chunk=args.fill_chunk,
                                                 device=args.device, lazy=False)
-    measured = "; ".join(f"{name} {memory.format_bytes(r['peak_bytes'])}" for name, r in runs.items())
+    measured = "; ".join(f"{name} {budget.format_bytes(r['peak_bytes'])}" for name, r in runs.items())
     lazy = runs["lazy"]
-    return cells + [measured, memory.format_bytes(lazy["baseline_bytes"]), f"{lazy['fill_seconds']:.1f}",
+    return cells + [measured, budget.format_bytes(lazy["baseline_bytes"]), f"{lazy['fill_seconds']:.1f}",
                     f"{lazy['batch_seconds']:.1f}", note]
 
 

@@ -8,7 +8,7 @@ dropout off): the peak is the rise of the resident set (sampled every 2 ms) over
 building the model, so building (and the streamed trunk's statistics) is left out.
 Both start from the same seed; their gradients are compared parameter by parameter (max |difference|
 over max |gradient|). Bar (issue #34): ResNet50 within 1e-5 relative and a lower peak. The planner's
-estimate (``altplan.streaming_peak``, less the weights, which are resident before the step) is printed
+estimate (``alternatives.streaming_peak``, less the weights, which are resident before the step) is printed
 beside the measured rise. Prints figures; asserts nothing.
 """
 import argparse
@@ -26,8 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from patchgd_kit import altplan, memory, streaming  # noqa: E402
-from patchgd_kit.models import backbone_of, classifier_model  # noqa: E402
+from patchgd_kit.core import streaming
+from patchgd_kit.planner import alternatives, estimate as planner_estimate  # noqa: E402
+from patchgd_kit.core.models import backbone_of, classifier_model  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -119,8 +120,8 @@ def compare(backbone: str, size: int) -> dict:
     assert plain.keys() == streamed.keys(), (set(plain) ^ set(streamed))
     error = max(((plain[k] - streamed[k]).abs().max() / plain[k].abs().max()).item() for k in plain)
     tile = runs["streaming"]["tile"]
-    estimates = {"plain": memory.estimate_peak("gd", backbone, size, 1).peak_bytes,
-                 "streaming": altplan.streaming_peak(backbone, size, 1, tile_size=tile)}
+    estimates = {"plain": planner_estimate.estimate_peak("gd", backbone, size, 1).peak_bytes,
+                 "streaming": alternatives.streaming_peak(backbone, size, 1, tile_size=tile)}
     return {"backbone": backbone, "size": size, "tile": tile, "error": error, "runs": runs, "estimates": estimates}
 
 

@@ -45,7 +45,7 @@ measure() {  # measure NAME COMMAND...: one line of results
 }
 
 echo "binder profile, 2 GiB memory cgroup, taskset -c 0; logs in $OUT"
-measure postBuild-dataset "$PY" -c "from patchgd_kit.profiles import get_profile, profile_dataset; profile_dataset(get_profile(), progress=False)"
+measure postBuild-dataset "$PY" -c "from patchgd_kit.runs.profiles import get_profile, profile_dataset; profile_dataset(get_profile(), progress=False)"
 for notebook in notebooks/0[1-4]_*.ipynb; do
     name=$(basename "$notebook" .ipynb)
     measure "$name" "$PY" -m papermill "$notebook" "$OUT/$name.ipynb" -k python3 --cwd notebooks

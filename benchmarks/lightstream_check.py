@@ -1,7 +1,7 @@
 """Does lightstream (Streaming SGD) reproduce plain backprop on this torch? For each network: the
 streamed forward against the plain one, and the streamed trunk's parameter gradients against plain
 backprop's (BatchNorm frozen, as streaming requires), or the error it raises: lightstream 1.0.7 as
-shipped, without the kit's adapter (patchgd_kit/streaming.py), so it shows the defects docs/streaming.md
+shipped, without the kit's adapter (patchgd_kit/core/streaming.py), so it shows the defects docs/streaming.md
 reports; benchmarks/bench_streaming.py measures the method as the kit runs it.
 
     python benchmarks/lightstream_check.py [--cases test:512:128 resnet18:1024:512]

@@ -3,11 +3,16 @@
 The main API, importable from the package (each name is loaded on first use, so that the command
 line starts without importing torch): ``build_model``, ``fill_z``, ``train_batch`` (Algorithm 1),
 ``TrainConfig``, ``train``, ``ensure_dataset`` and ``plan`` (the memory planner).
+
+The package is built in floors, each a folder that imports only from the floors below it (tests/test_layers.py):
+the root (``errors``, ``files``, ``progress``; ``cli`` and ``__main__`` are the doors), ``data``, ``paper``,
+``core``, ``planner``, ``runs``, ``report``, ``reproduce``, ``gpu`` and ``face``.
 """
 import importlib
 
-_API = {"build_model": "methods", "fill_z": "patchgd", "train_batch": "patchgd", "TrainConfig": "config",
-        "train": "training", "ensure_dataset": "data", "plan": "memory"}
+_API = {"build_model": "core.methods", "fill_z": "core.patchgd", "train_batch": "core.patchgd",
+        "TrainConfig": "runs.config", "train": "runs.training", "ensure_dataset": "data.ultramnist",
+        "plan": "planner.budget"}
 __all__ = list(_API)
 
 

@@ -85,7 +85,7 @@ def add_generate(p) -> None:
 
 
 def run_generate(args) -> None:
-    from .data import generate_split
+    from .data.ultramnist import generate_split
     splits = ["train", "test"] if args.split == "both" else [args.split]
     for split in splits:
         path = generate_split(args.out, split, args.per_class, args.image_size, args.seed, source=args.source,
@@ -95,7 +95,7 @@ def run_generate(args) -> None:
 
 
 def add_pretrain(p) -> None:
-    from .pretrain import DEFAULT_LR, DEFAULT_STEPS
+    from .runs.pretrain import DEFAULT_LR, DEFAULT_STEPS
     options = {
         "--backbone": dict(required=True, help="resnet50 | mobilenet_v2"),
         "--image-size": dict(type=int, required=True, help="image side of the runs it is for (digit sizes scale with it)"),
@@ -111,8 +111,8 @@ def add_pretrain(p) -> None:
 
 
 def run_pretrain(args) -> None:
-    from .data import MIN_DIGIT_SIDE
-    from .pretrain import pretrain_backbone
+    from .data.ultramnist import MIN_DIGIT_SIDE
+    from .runs.pretrain import pretrain_backbone
     crop_size = args.image_size // 2 if args.crop_size is None else args.crop_size
     min_digit_side = MIN_DIGIT_SIDE if args.min_digit_side is None else args.min_digit_side
     card = pretrain_backbone(args.backbone, args.image_size, crop_size, args.out, steps=args.steps, lr=args.lr, seed=args.seed,
@@ -129,7 +129,7 @@ def _option_type(annotation):
 def add_config_options(parser, names, help_overrides: dict | None = None) -> None:
     """An option per TrainConfig field in `names`, its help text the field's own (or the override);
     every default is None, so that the fields left out keep TrainConfig's defaults."""
-    from .config import TrainConfig
+    from .runs.config import TrainConfig
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name not in names:
@@ -155,7 +155,7 @@ TRAIN_FIELDS_HELP = {"data": "dataset folder with train/ and test/ (from `genera
 
 
 def add_train(p) -> None:
-    from .config import TrainConfig
+    from .runs.config import TrainConfig
     p.add_argument("--out", required=True, help="run folder")
     add_config_options(p, [f.name for f in dataclasses.fields(TrainConfig)], TRAIN_FIELDS_HELP)
     p.add_argument("--restart", action="store_true",
@@ -164,9 +164,9 @@ def add_train(p) -> None:
 
 
 def run_train(args) -> None:
-    from .config import TrainConfig
-    from .data import UltraMNIST
-    from .training import train
+    from .runs.config import TrainConfig
+    from .data.ultramnist import UltraMNIST
+    from .runs.training import train
     values = given_options(args, [f.name for f in dataclasses.fields(TrainConfig)])
     if "data" not in values:
         raise KitError("train needs --data: a dataset folder with train/ and test/ (from `generate`)")
@@ -185,7 +185,7 @@ def add_evaluate(p) -> None:
 
 
 def run_evaluate(args) -> None:
-    from .training import evaluate_run
+    from .runs.training import evaluate_run
     print(json.dumps(evaluate_run(args.run, data=args.data, split=args.split, device=args.device), indent=2))
 
 
@@ -212,15 +212,15 @@ def add_plan(p) -> None:
 
 
 def run_plan(args) -> None:
-    from . import memory, paperplans
-    from .config import TrainConfig, check_plan_size
-    from .methods import uses_patches
+    from .planner import budget, paperrows
+    from .runs.config import TrainConfig, check_plan_size
+    from .core.methods import uses_patches
     if args.ship:
-        print(f"wrote {paperplans.ship_plans()}")
+        print(f"wrote {paperrows.ship_plans()}")
         return
     if args.table:
-        cells = paperplans.memory_table(paperplans.memory_rows() + paperplans.alternative_rows())
-        print(json.dumps(cells, indent=2) if args.json else paperplans.format_table(cells))
+        cells = paperrows.memory_table(paperrows.memory_rows() + paperrows.alternative_rows())
+        print(json.dumps(cells, indent=2) if args.json else paperrows.format_table(cells))
         return
     if args.budget is None:
         raise KitError("plan needs --budget (such as 4GB) or --table")
@@ -228,14 +228,14 @@ def run_plan(args) -> None:
     d = {**dataclasses.asdict(TrainConfig()), "sampling": None, "batch_size": None, **given}
     check_plan_size(d["method"], d["image_size"], d["patch_size"], args.budget, args.lazy)  # before any trace
     if d["method"] == "streaming":  # lightstream's statistics cannot run on fake tensors: altplan estimates it
-        from .altplan import streaming_plan
+        from .planner.alternatives import streaming_plan
         plan = streaming_plan(d["backbone"], d["image_size"], args.budget, batch_size=d["batch_size"], amp=d["amp"],
                               num_classes=d["num_classes"])
         print(json.dumps(dataclasses.asdict(plan), indent=2) if args.json else plan.summary())
         return
     if uses_patches(d["method"]) and d["sampling"] is None and d["batch_size"] is None:
         d["sampling"] = TrainConfig().sampling
-    plan = memory.plan(d["method"], d["backbone"], d["image_size"], args.budget, patch_size=d["patch_size"],
+    plan = budget.plan(d["method"], d["backbone"], d["image_size"], args.budget, patch_size=d["patch_size"],
                        sampling=d["sampling"], batch_size=d["batch_size"], amp=d["amp"],
                        num_classes=d["num_classes"], grad_accum=d["grad_accum"], fill_chunk=d["fill_chunk"],
                        input_side=d["downscaled_side"], lazy=args.lazy)
@@ -243,7 +243,7 @@ def run_plan(args) -> None:
 
 
 def add_reproduce(p) -> None:
-    from .profiles import PROFILES
+    from .runs.profiles import PROFILES
     p.add_argument("--profile", choices=list(PROFILES), default=None,
                    help="run size (default: $KIT_PROFILE, else cpu, also on a GPU machine: the paper "
                         "profile takes GPU hours, so it is asked for by name)")
@@ -259,14 +259,18 @@ def add_reproduce(p) -> None:
 
 
 def run_reproduce(args) -> None:
-    from .reproduce import reproduce
+    import torch
+
+    from .gpu.estimate import estimate, format_estimate
+    from .gpu.report import latest_check
+    from .reproduce.notebooks import reproduce
+    from .runs.profiles import get_profile
     if args.estimate:
-        from .gpuestimate import estimate, format_estimate
-        from .gpureport import latest_check
         print(format_estimate(estimate(args.profile or "gpu", latest_check())))
         return
+    gpu = get_profile(args.profile).name == "gpu" and torch.cuda.is_available()  # elsewhere reproduce refuses it
     reproduce(args.profile, args.seeds, args.out, only=args.only.split(",") if args.only else None,
-              alternatives=args.alternatives)
+              alternatives=args.alternatives, preface=format_estimate(estimate("gpu", latest_check())) if gpu else None)
 
 
 def add_gpu_check(p) -> None:
@@ -277,8 +281,8 @@ def add_gpu_check(p) -> None:
 
 
 def run_gpu_check(args) -> int:
-    from .gpucheck import run_check
-    from .gpureport import format_summary
+    from .gpu.check import run_check
+    from .gpu.report import format_summary
     if not args.minutes >= 0:
         raise KitError(f"--minutes {args.minutes} is not allowed; allowed: a number of minutes >= 0")
     report = run_check(args.out, dry=args.dry, minutes=args.minutes)

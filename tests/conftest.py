@@ -1,6 +1,6 @@
 import pytest
 
-from patchgd_kit.data import ensure_dataset
+from patchgd_kit.data.ultramnist import ensure_dataset
 
 
 @pytest.fixture(scope="session")

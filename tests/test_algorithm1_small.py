@@ -6,7 +6,7 @@ import nbformat
 import pytest
 import torch
 
-from patchgd_kit.live import TinyPatchGD, gradients_beside_train_batch
+from patchgd_kit.face.teaching.watch import TinyPatchGD, gradients_beside_train_batch
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_zblock_filling.ipynb"
 
@@ -57,8 +57,8 @@ def test_the_figure3_schematic_highlights_the_sampled_cells():
     import numpy as np
     from matplotlib.colors import to_hex
 
-    from patchgd_kit import viz
-    from patchgd_kit.schematic import GRADIENT
+    from patchgd_kit.face import viz
+    from patchgd_kit.face.schematic import GRADIENT
 
     image = np.zeros((64, 64), dtype=np.uint8)
     fig = viz.figure3_schematic(image, 16, torch.tensor([0, 5, 15]))

@@ -7,15 +7,16 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from patchgd_kit import altplan, memory, paperplans, scaling
-from patchgd_kit.beyond import BEYOND, PATCH_SETTINGS, is_beyond, reads_full_resolution, rows_of
-from patchgd_kit.alternatives import downscale
+from patchgd_kit.planner import alternatives as altplan, budget, estimate as planner_estimate, paperrows
+from patchgd_kit.runs import scaling
+from patchgd_kit.paper.beyond import BEYOND, PATCH_SETTINGS, is_beyond, reads_full_resolution, rows_of
+from patchgd_kit.core.alternatives import downscale
 from patchgd_kit.cli import main
-from patchgd_kit.config import TrainConfig
+from patchgd_kit.runs.config import TrainConfig
 from patchgd_kit.errors import KitError
-from patchgd_kit.methods import METHODS, StepSettings, build_model, method_of
-from patchgd_kit.paper import PAPER
-from patchgd_kit.profiles import get_profile
+from patchgd_kit.core.methods import METHODS, StepSettings, build_model, method_of
+from patchgd_kit.paper.numbers import PAPER
+from patchgd_kit.runs.profiles import get_profile
 
 
 def _gradients(model, images, labels):
@@ -38,15 +39,15 @@ def test_checkpointed_gd_has_gd_gradients_and_running_statistics(backbone):
 
 
 def test_checkpointed_gd_plans_a_larger_batch_than_gd():
-    gd = memory.plan("gd", "mobilenet_v2", 128, "1GB")
-    checkpointed = memory.plan("gd-checkpoint", "mobilenet_v2", 128, "1GB")
+    gd = budget.plan("gd", "mobilenet_v2", 128, "1GB")
+    checkpointed = budget.plan("gd-checkpoint", "mobilenet_v2", 128, "1GB")
     assert checkpointed.batch_size > gd.batch_size
     assert checkpointed.estimator == "fake-tensor"
 
 
 def _peak(method, image_size):
     extra = {"patch_size": 32, "k": 1} if method_of(method).patches else {}
-    return memory.estimate_peak(method, "mobilenet_v2", image_size, 2, input_side=32, **extra).peak_bytes
+    return planner_estimate.estimate_peak(method, "mobilenet_v2", image_size, 2, input_side=32, **extra).peak_bytes
 
 
 # streaming: lightstream's statistics cannot run on fake tensors, and no tile fits these sides;
@@ -90,12 +91,12 @@ def test_downscaled_gd_needs_its_side_and_leaves_other_keys_alone():
 def test_downscaled_side_fits_patchgds_batch_and_the_next_side_does_not():
     found = altplan.downscaled_side_for("mobilenet_v2", 256, "1GB", patch_size=64, sampling=0.25)
     assert found.side % 32 == 0 and 32 <= found.side <= 256
-    usable = memory.usable_bytes(memory.parse_budget("1GB"))
+    usable = budget.usable_bytes(budget.parse_budget("1GB"))
     assert found.estimated_peak_bytes <= usable
     if found.side < 256:
-        assert memory.estimate_peak("gd-downscaled", "mobilenet_v2", 256, found.batch_size,
+        assert planner_estimate.estimate_peak("gd-downscaled", "mobilenet_v2", 256, found.batch_size,
                                     input_side=found.side + 32).peak_bytes > usable
-    assert found.batch_size == memory.plan("patchgd", "mobilenet_v2", 256, "1GB", patch_size=64,
+    assert found.batch_size == budget.plan("patchgd", "mobilenet_v2", 256, "1GB", patch_size=64,
                                            sampling=0.25).batch_size
 
 
@@ -112,9 +113,9 @@ def test_the_alternatives_train_and_evaluate_from_the_command_line(tiny_data, tm
 
 
 def test_plan_table_has_gd_checkpoint_rows_beside_gds_not_in_the_paper():
-    rows = paperplans.alternative_rows()
+    rows = paperrows.alternative_rows()
     tables = ("Table 1", "Table 2", "Table 3")
-    gd_rows = [r for r in paperplans.memory_rows() if r.method == "gd" and r.source in tables]
+    gd_rows = [r for r in paperrows.memory_rows() if r.method == "gd" and r.source in tables]
     assert len(rows) == len(gd_rows) == 6
     assert all(r.method == "gd-checkpoint" and r.source.endswith("(not in the paper)") for r in rows)
     assert [(r.backbone, r.image_size, r.amp) for r in rows] == [(r.backbone, r.image_size, r.amp) for r in gd_rows]
@@ -145,8 +146,8 @@ def test_a_downscaled_row_plans_patchgds_batch_and_runs_at_its_side_scaled(tmp_p
     monkeypatch.setattr(paperplans, "SHIPPED", tmp_path / "none.json")  # plan, not read the kit's plans
     table = PAPER["table2"]
     row = next(r for r in BEYOND["table2"] if r.id == "gd-downscaled_16gb")
-    plan = paperplans.paper_plan(table.settings(row), tmp_path / "plans.json")
-    patchgd = paperplans.paper_plan(table.settings(table.row("patchgd_16gb")), tmp_path / "plans.json")
+    plan = paperrows.paper_plan(table.settings(row), tmp_path / "plans.json")
+    patchgd = paperrows.paper_plan(table.settings(table.row("patchgd_16gb")), tmp_path / "plans.json")
     assert plan["batch_size"] == patchgd["batch_size"] and 32 <= plan["downscaled_side"] < 512
     profile = get_profile("smoke")
     config, _, scale = scaling.row_config(table, row, profile)

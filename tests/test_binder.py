@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from patchgd_kit.profiles import get_profile
+from patchgd_kit.runs.profiles import get_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 BINDER = ROOT / "binder"

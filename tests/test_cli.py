@@ -211,7 +211,7 @@ def _two_epochs(data, out):
 def unfinished_run(tiny_data, tmp_path, monkeypatch):
     """A 2-epoch run interrupted as its second epoch began: checkpoint.pt (epoch 1 evaluated) and
     checkpoint.prev.pt (epoch 1 trained, not yet evaluated)."""
-    from patchgd_kit import training as train_module
+    from patchgd_kit.runs import training as train_module
     first_epoch_only = train_module.train_one_epoch
 
     def interrupt(run, epoch):

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from patchgd_kit import data, digits
-from patchgd_kit.data import UltraMNIST, ensure_dataset, generate_split, normalize_uint8
-from patchgd_kit.digits import MNIST_MEAN, MNIST_STD, draw_scale_factors, generate_image, load_digit_pools
+from patchgd_kit.data import digits, ultramnist
+from patchgd_kit.data.ultramnist import UltraMNIST, ensure_dataset, generate_split, normalize_uint8
+from patchgd_kit.data.digits import MNIST_MEAN, MNIST_STD, draw_scale_factors, generate_image, load_digit_pools
 from patchgd_kit.errors import KitError
 
 SIZE = 64
@@ -128,7 +128,7 @@ def test_split_is_balanced_and_matches_the_recipe(split):
         assert not image.any()  # black outside the digits
     card = json.loads((split / "card.json").read_text())
     assert card["params"] == {"split": "train", "per_class": 6, "image_size": SIZE, "seed": 3,
-                              "source": "bundled", "recipe_version": data.RECIPE_VERSION}
+                              "source": "bundled", "recipe_version": ultramnist.RECIPE_VERSION}
     assert card["counts_per_class"] == {str(c): 6 for c in range(10)}
     assert card["digit_pools"]["sizes"] == {"train": 4000, "test": 1000}
 
@@ -156,7 +156,7 @@ def test_rerun_skips_and_other_parameters_are_refused(split, monkeypatch):
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, RuntimeError])
 def test_interrupted_generation_leaves_no_split(tmp_path, monkeypatch, interrupt):
     calls = itertools.count()
-    real = data.generate_image
+    real = ultramnist.generate_image
 
     def flaky(*args, **kwargs):
         if next(calls) == 5:

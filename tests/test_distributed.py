@@ -24,9 +24,9 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from patchgd_kit import distributed, training
-from patchgd_kit.config import TrainConfig
-from patchgd_kit.distributed import Processes
+from patchgd_kit.runs import distributed, training
+from patchgd_kit.runs.config import TrainConfig
+from patchgd_kit.runs.distributed import Processes
 from patchgd_kit.errors import KitError
 
 TINY = dict(backbone="mobilenet_v2", image_size=64, patch_size=32, warmup_epochs=1, epochs=1, device="cpu")
@@ -237,8 +237,8 @@ def test_sync_bn_on_the_cpu_is_refused():
 
 
 def test_a_process_without_test_images_still_joins_the_gathering(tiny_data, monkeypatch):
-    from patchgd_kit.data import UltraMNIST
-    from patchgd_kit.methods import build_model
+    from patchgd_kit.data.ultramnist import UltraMNIST
+    from patchgd_kit.core.methods import build_model
     test_set = torch.utils.data.Subset(UltraMNIST(str(tiny_data), "test"), [0])
     model = build_model("gd", "mobilenet_v2", 10, 64)
     shares = []

@@ -13,12 +13,14 @@ import tifffile
 import torch
 from test_patchgd import RecordingOptimizer, TinyPatchGD
 
-from patchgd_kit import cli, memory, patchgd
-from patchgd_kit.data import UltraMNIST, generate_split, normalize_uint8
-from patchgd_kit.digits import MNIST_MEAN, MNIST_STD, draw_layout, load_digit_pools, paint
+from patchgd_kit. import cli
+from patchgd_kit.core import patchgd
+from patchgd_kit.planner import estimate
+from patchgd_kit.data.ultramnist import UltraMNIST, generate_split, normalize_uint8
+from patchgd_kit.data.digits import MNIST_MEAN, MNIST_STD, draw_layout, load_digit_pools, paint
 from patchgd_kit.errors import KitError
-from patchgd_kit.patches import gather_patches
-from patchgd_kit.tiled import LazyBatch, TiledImage, collate, write_tiled
+from patchgd_kit.core.patches import gather_patches
+from patchgd_kit.data.tiled import LazyBatch, TiledImage, collate, write_tiled
 
 TESTS = Path(__file__).resolve().parent
 
@@ -96,8 +98,8 @@ RSS_SCRIPT = textwrap.dedent("""
     import torch
     sys.path.insert(0, {tests!r})
     from test_patchgd import TinyPatchGD
-    from patchgd_kit import patchgd
-    from patchgd_kit.tiled import LazyBatch, TiledImage
+    from patchgd_kit.core import patchgd
+    from patchgd_kit.data.tiled import LazyBatch, TiledImage
     side = int(sys.argv[2])
     torch.manual_seed(0)
     model = TinyPatchGD(image_size=side, patch_size=256)
@@ -192,19 +194,19 @@ def test_a_tiled_image_keeps_its_normalisation(tmp_path):
 
 def test_the_planner_leaves_a_lazily_read_image_out_of_the_step():
     def peak(side, lazy):
-        return memory.estimate_peak("patchgd", "mobilenet_v2", side, 2, patch_size=256, k=1, fill_chunk=4,
+        return estimate.estimate_peak("patchgd", "mobilenet_v2", side, 2, patch_size=256, k=1, fill_chunk=4,
                                     lazy=lazy).peak_bytes
     dense_growth = 3 * (1024**2 - 512**2) * 4 * 2  # two fp32 RGB images of 1,024 px instead of 512
     assert peak(1024, False) - peak(512, False) >= dense_growth
     assert abs(peak(1024, True) - peak(512, True)) < 2**20  # Z and the schedule: kilobytes
     with pytest.raises(KitError, match="gd needs whole images"):
-        memory.estimate_peak("gd", "mobilenet_v2", 512, 2, lazy=True)
+        estimate.estimate_peak("gd", "mobilenet_v2", 512, 2, lazy=True)
 
 
 def test_panda_full_resolution_items_are_level_0_framed_on_white_and_train(tmp_path):
     from test_panda import make_root
 
-    from patchgd_kit.panda import full_resolution_dataset
+    from patchgd_kit.data.panda import full_resolution_dataset
     root = make_root(tmp_path / "panda", grades=(0, 0, 1, 1))
     out = full_resolution_dataset(root, tmp_path / "full", side=320, test_fraction=0.5)
     train = UltraMNIST(out, "train")
@@ -224,14 +226,14 @@ def test_panda_full_resolution_items_are_level_0_framed_on_white_and_train(tmp_p
 
 
 def test_a_slide_level_is_chosen_by_its_downsample_from_level_0():
-    from patchgd_kit.panda import level_for_downsample
+    from patchgd_kit.data.panda import level_for_downsample
     shapes = [(40000, 30000, 3), (10000, 7500, 3), (2500, 1875, 3)]  # PANDA's levels: 4x apart
     assert [level_for_downsample(shapes, d) for d in (1, 2, 4, 8, 16, 32)] == [0, 0, 1, 1, 2, 2]
 
 
 def test_train_and_evaluate_read_a_tiled_split_lazily_and_gd_is_refused(tmp_path):
-    from patchgd_kit.config import TrainConfig
-    from patchgd_kit.training import evaluate_run, train
+    from patchgd_kit.runs.config import TrainConfig
+    from patchgd_kit.runs.training import evaluate_run, train
     for split in ("train", "test"):
         generate_split(tmp_path / "data", split, 1, 64, seed=0, workers=1, progress=False, tile=16)
     small = dict(data=str(tmp_path / "data"), backbone="mobilenet_v2", image_size=64, batch_size=5, epochs=1,

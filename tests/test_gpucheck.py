@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from patchgd_kit import gpucheck, gpuplan, gpureport
+from patchgd_kit.gpu import check as gpu_check, report as gpu_report, rows as gpu_rows
 from patchgd_kit.cli import main
-from patchgd_kit.gpuplan import Row
+from patchgd_kit.gpu.rows import Row
 
 NEEDS_CUDA = "needs CUDA"
 
@@ -24,22 +24,22 @@ def dry_report(tmp_path_factory):
     """The first row of each section for each method of the dry plan (the whole dry plan is
     `python -m patchgd_kit gpu-check --dry`: one to two minutes on 2 cores)."""
     first = {}
-    for row in gpuplan.dry_plan(gpuplan.paper_plan()):
+    for row in gpu_rows.dry_plan(gpu_rows.paper_plan()):
         first.setdefault((row.section, row.method), row)
     rows = list(first.values())
     out = tmp_path_factory.mktemp("gpu-check")
-    return gpucheck.run_check(out, dry=True, rows=rows, log=_quiet), out
+    return gpu_check.run_check(out, dry=True, rows=rows, log=_quiet), out
 
 
 def test_dry_plan_is_the_paper_plan_at_a_tiny_scale():
-    paper, dry = gpuplan.paper_plan(), gpuplan.dry_plan(gpuplan.paper_plan())
+    paper, dry = gpu_rows.paper_plan(), gpu_rows.dry_plan(gpu_rows.paper_plan())
     assert len(set(dry)) == len(dry) < len(paper)
     for rows in (paper, dry):
-        assert {r.section for r in rows} == set(gpuplan.SECTIONS)
+        assert {r.section for r in rows} == set(gpu_rows.SECTIONS)
         peak = [r for r in rows if r.section == "peak"]
         assert {(r.method, r.backbone, r.amp) for r in peak} == {
             (m, b, amp) for m in ("gd", "patchgd") for b in ("resnet50", "mobilenet_v2") for amp in (False, True)}
-    assert tuple(gpucheck.CHECKS) == gpuplan.SECTIONS == tuple(gpureport.TITLES)  # a section: a check, a title
+    assert tuple(gpu_check.CHECKS) == gpu_rows.SECTIONS == tuple(gpu_report.TITLES)  # a section: a check, a title
     assert {r.image_size for r in paper} == {512, 2048}
     assert max(r.image_size for r in dry) <= 128 and max(r.batch_size or 0 for r in dry) == 2
     assert all(r.budget in (None, "dry") for r in dry)
@@ -51,7 +51,7 @@ def test_dry_check_runs_every_section_and_writes_its_report(dry_report):
     saved = json.loads(next(out.glob("*-cpu-*.json")).read_text())
     assert saved["rows"] == report["rows"] and saved["dry"] and saved["kind"] == "gpu-check"
     assert {(r["section"], r["method"]) for r in report["rows"]} == {
-        (s, m) for s in gpuplan.SECTIONS for m in ("gd", "patchgd")} - {("slice", "gd")}  # the slice: Table 2's PatchGD
+        (s, m) for s in gpu_rows.SECTIONS for m in ("gd", "patchgd")} - {("slice", "gd")}  # the slice: Table 2's PatchGD
     for row in report["rows"]:
         if row["section"] in ("budget", "over-budget"):  # the cap exists on CUDA only: not faked
             assert row["status"] == "skipped" and NEEDS_CUDA in row["reason"], row
@@ -65,7 +65,7 @@ def test_dry_check_runs_every_section_and_writes_its_report(dry_report):
     summary = report["summary"]
     assert summary["failed"] == 0 and "remain estimates" in summary["verdict"]
     text = next(out.glob("*-cpu-*.md")).read_text()
-    assert "**Dry run**" in text and all(title in text for title in gpureport.TITLES.values())
+    assert "**Dry run**" in text and all(title in text for title in gpu_report.TITLES.values())
 
 
 @pytest.mark.slow
@@ -83,7 +83,7 @@ def test_over_budget_row_names_the_planners_refusal_and_the_out_of_memory_messag
 
 def test_a_failing_row_is_recorded_and_the_rest_still_runs(tmp_path):
     rows = [Row("speed", "gd", "no-such-backbone", 32, 2), Row("latency", "gd", "mobilenet_v2", 32, 2)]
-    report = gpucheck.run_check(tmp_path, dry=True, rows=rows, log=_quiet)
+    report = gpu_check.run_check(tmp_path, dry=True, rows=rows, log=_quiet)
     failed, ok = report["rows"]
     assert failed["status"] == "failed" and failed["error"].startswith("KitError: unknown backbone 'no-such-backbone'")
     assert "(at " in failed["error"]  # where it was raised
@@ -95,7 +95,7 @@ def test_a_failing_row_is_recorded_and_the_rest_still_runs(tmp_path):
 def test_rows_after_the_time_budget_are_skipped_and_listed(tmp_path, capsys):
     assert main(["gpu-check", "--dry", "--minutes", "0", "--out", str(tmp_path)]) == 0
     report = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert len(report["rows"]) == len(gpuplan.dry_plan(gpuplan.paper_plan()))
+    assert len(report["rows"]) == len(gpu_rows.dry_plan(gpu_rows.paper_plan()))
     assert all(r["status"] == "skipped" and "time budget" in r["reason"] for r in report["rows"])
     out = capsys.readouterr().out
     assert "GPU check (dry) on CPU (" in out and "threads): 0 ok, 0 failed" in out
@@ -113,15 +113,15 @@ def _check(folder, name, dry, started, ratios=(0.9, 1.1)):
 
 
 def test_latest_check_quotes_the_newest_real_check_and_ignores_dry_ones(tmp_path):
-    assert gpureport.latest_check(tmp_path) is None
-    assert gpureport.memory_wording(tmp_path).startswith("estimated (the kit's planner; not yet checked on a GPU)")
+    assert gpu_report.latest_check(tmp_path) is None
+    assert gpu_report.memory_wording(tmp_path).startswith("estimated (the kit's planner; not yet checked on a GPU)")
     _check(tmp_path, "dry-cpu", True, "2030-01-01T00:00:00+00:00")
     (tmp_path / "broken.json").write_text("{")
-    assert gpureport.latest_check(tmp_path) is None
+    assert gpu_report.latest_check(tmp_path) is None
     _check(tmp_path, "old-gpu", False, "2025-01-01T00:00:00+00:00")
     _check(tmp_path, "new-gpu", False, "2026-01-01T00:00:00+00:00", ratios=(0.8, 1.2))
-    assert gpureport.latest_check(tmp_path)["device"] == "new-gpu"
-    wording = gpureport.memory_wording(tmp_path)
+    assert gpu_report.latest_check(tmp_path)["device"] == "new-gpu"
+    wording = gpu_report.memory_wording(tmp_path)
     assert "checked on new-gpu on 2026-01-01" in wording and "0.80–1.20" in wording
 
 
@@ -129,7 +129,7 @@ def test_latest_check_quotes_the_newest_real_check_and_ignores_dry_ones(tmp_path
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_the_planned_batch_fits_its_cap_and_twice_it_runs_out_of_memory(tmp_path):
     rows = [Row("budget", "gd", "mobilenet_v2", 256, budget="2GB"), Row("over-budget", "gd", "mobilenet_v2", 256, budget="2GB")]
-    report = gpucheck.run_check(tmp_path, rows=rows, log=_quiet)
+    report = gpu_check.run_check(tmp_path, rows=rows, log=_quiet)
     fits, over = report["rows"]
     assert fits["status"] == "ok" and fits["fits"] and fits["measured_reserved_bytes"] > 0
     assert over["status"] == "ok" and (not over["fits"]) and over["oom_message"].startswith("CUDA out of memory under the 2.00 GiB")

@@ -4,10 +4,13 @@ import json
 
 import pytest
 
-from patchgd_kit import figure, gpucheck, gpuestimate, gpuplan, profiles, report, reproduce, scaling
+from patchgd_kit.gpu import check as gpu_check, estimate as gpu_estimate, rows as gpu_rows
+from patchgd_kit.report import figure, tables
+from patchgd_kit.reproduce import notebooks as reproduce_notebooks, tableruns
+from patchgd_kit.runs import profiles, scaling
 from patchgd_kit.cli import main
-from patchgd_kit.paper import FIGURE2, PAPER
-from patchgd_kit.profiles import get_profile
+from patchgd_kit.paper.numbers import FIGURE2, PAPER
+from patchgd_kit.runs.profiles import get_profile
 
 
 def fake_plans(rows, cache):
@@ -34,7 +37,7 @@ def test_the_gpu_profile_is_the_papers_task_sized_for_an_hour():
         assert getattr(gpu, field) == getattr(paper, field), field
     assert gpu.per_class_test >= 200 and gpu.max_batch_size is None and gpu.trunk_lr_scale == 1
     assert set(gpu.skip_notebooks) == {"09", "10"} and all("paper" in why for why in gpu.skip_notebooks.values())
-    assert gpuestimate.estimate(gpu)["total_minutes"] <= 60
+    assert gpu_estimate.estimate(gpu)["total_minutes"] <= 60
 
 
 def test_estimate_prints_minutes_per_notebook_with_the_source_of_every_figure(capsys):
@@ -51,8 +54,8 @@ def test_a_gpu_checks_measured_images_per_s_replace_the_papers():
     check = {"device": "NVIDIA H100", "date": "2027-01-01", "rows": [
         {"section": "slice", "status": "ok", "method": "patchgd", "backbone": "mobilenet_v2", "image_size": 512,
          "amp": False, "train_images_per_s": 1000.0, "eval_images_per_s": 4000.0}]}
-    paper_only = gpuestimate.estimate("gpu")
-    measured = gpuestimate.estimate("gpu", check)
+    paper_only = gpu_estimate.estimate("gpu")
+    measured = gpu_estimate.estimate("gpu", check)
     row = measured["notebooks"]["08"]["runs"][0]
     assert row["source"] == "NVIDIA H100, gpu-check 2027-01-01: its profile slice" and row["train_images_per_s"] == 1000
     p = get_profile("gpu")
@@ -63,10 +66,10 @@ def test_a_gpu_checks_measured_images_per_s_replace_the_papers():
 @pytest.mark.slow  # 867 s at load 4 on 2 cores (2026-12-06): train() plans every budgeted run on fake tensors
 def test_the_gpu_profiles_rows_run_tiny_on_the_cpu_end_to_end(tiny_gpu, tmp_path, capsys):
     folder = profiles.profile_dir(tiny_gpu)
-    figure_runs = reproduce.run_table("table1", tiny_gpu, rows=FIGURE2["rows"], progress=False)
+    figure_runs = tableruns.run_table("table1", tiny_gpu, rows=FIGURE2["rows"], progress=False)
     figure.write_figure2(figure_runs, folder)
     for name in ("table1", "table2", "table5_6"):
-        report.write_table(reproduce.run_table(name, tiny_gpu, progress=False), folder)
+        tables.write_table(tableruns.run_table(name, tiny_gpu, progress=False), folder)
         table = (folder / f"{name}.md").read_text()
         assert "digits-pretrained" in table and "stand-in for ImageNet" in table  # the init, named
     lines = [line for line in capsys.readouterr().out.splitlines() if "could not be downloaded" in line]
@@ -75,11 +78,11 @@ def test_the_gpu_profiles_rows_run_tiny_on_the_cpu_end_to_end(tiny_gpu, tmp_path
 
 
 def test_reproduce_leaves_out_the_notebooks_the_profile_skips_and_says_why(capsys):
-    kept = reproduce.skip_notebooks(reproduce.numbered_notebooks(), get_profile("gpu"))
+    kept = reproduce_notebooks.skip_notebooks(reproduce_notebooks.numbered_notebooks(), get_profile("gpu"))
     assert {p.name[:2] for p in kept}.isdisjoint({"09", "10"}) and len(kept) >= 10
     assert "09_table3_panda.ipynb: not run at profile 'gpu': Table 3 runs on PANDA" in capsys.readouterr().out
     with pytest.raises(profiles.KitError, match="left out at profile 'gpu'"):
-        reproduce.skip_notebooks(reproduce.numbered_notebooks(only=["09"]), get_profile("gpu"))
+        reproduce_notebooks.skip_notebooks(reproduce_notebooks.numbered_notebooks(only=["09"]), get_profile("gpu"))
 
 
 def test_the_dry_gpu_check_runs_the_profile_slice_and_records_the_hour(tmp_path, monkeypatch):
@@ -87,13 +90,13 @@ def test_the_dry_gpu_check_runs_the_profile_slice_and_records_the_hour(tmp_path,
     monkeypatch.setattr(reproduce, "paper_plans", fake_plans)
     monkeypatch.setattr(scaling, "paper_plan", lambda settings, cache: fake_plans([settings], cache)[0])
     monkeypatch.setattr(profiles, "imagenet_unavailable", lambda backbone: "URLError: no network (test)")
-    rows = [r for r in gpuplan.dry_plan(gpuplan.paper_plan()) if r.section == "slice"]
+    rows = [r for r in gpu_rows.dry_plan(gpu_rows.paper_plan()) if r.section == "slice"]
     assert len(rows) == 1 and rows[0].image_size == 64
-    result = gpucheck.run_check(tmp_path / "check", dry=True, rows=rows, log=lambda line: None)
+    result = gpu_check.run_check(tmp_path / "check", dry=True, rows=rows, log=lambda line: None)
     row = result["rows"][0]
     assert row["status"] == "ok", row
     assert row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0 and "stand-in" in row["init"]
     saved = json.loads(next((tmp_path / "check").glob("*.json")).read_text())
-    assert saved["hour_estimate"]["minutes"] == pytest.approx(gpuestimate.estimate("gpu")["total_minutes"], abs=0.1)
+    assert saved["hour_estimate"]["minutes"] == pytest.approx(gpu_estimate.estimate("gpu")["total_minutes"], abs=0.1)
     assert "The gpu profile's hour" in next((tmp_path / "check").glob("*.md")).read_text()
     assert not (tmp_path / "runs").exists()  # the slice trains in the check's scratch folder

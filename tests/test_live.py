@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from patchgd_kit import live, patchgd
+from patchgd_kit.core import patchgd
+from patchgd_kit.face.teaching import watch
 from patchgd_kit.errors import KitError
-from patchgd_kit.methods import build_model
+from patchgd_kit.core.methods import build_model
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def image():
 
 def test_input_gradient_is_non_zero_exactly_on_the_sampled_cells_and_z_gradient_everywhere(model, image):
     before = [p.clone() for p in model.parameters()]
-    batch = live.run_live_batch(model, image, 3, k=3, inner_iterations=5, grad_accum=2, seed=1)
+    batch = watch.run_live_batch(model, image, 3, k=3, inner_iterations=5, grad_accum=2, seed=1)
     assert batch.schedule.shape == (5, 3) and batch.grad_x.shape == batch.grad_z.shape == (5, 4, 4)
     for cells, grad_x, grad_z in zip(batch.schedule, batch.grad_x, batch.grad_z):
         assert set(torch.nonzero(grad_x.flatten()).flatten().tolist()) == set(cells.tolist())
@@ -30,7 +31,7 @@ def test_input_gradient_is_non_zero_exactly_on_the_sampled_cells_and_z_gradient_
 
 
 def test_the_table_counts_what_each_inner_iteration_did(model, image):
-    table = live.live_table(live.run_live_batch(model, image, 0, k=4, inner_iterations=4, grad_accum=4, seed=0))
+    table = watch.live_table(watch.run_live_batch(model, image, 0, k=4, inner_iterations=4, grad_accum=4, seed=0))
     assert table["∂L/∂X ≠ 0 on"].tolist() == [4] * 4 and table["exactly the sampled"].all()
     assert table["∂L/∂Z ≠ 0 on"].tolist() == [16] * 4
     assert table["optimizer step after j"].tolist() == ["no", "no", "no", "yes"]
@@ -44,16 +45,16 @@ def test_the_table_counts_what_each_inner_iteration_did(model, image):
 ])
 def test_bad_choices_are_one_line_errors(model, image, k, zeta, eps, message):
     with pytest.raises(KitError, match=message):
-        live.run_live_batch(model, image, 0, k=k, inner_iterations=zeta, grad_accum=eps)
+        watch.run_live_batch(model, image, 0, k=k, inner_iterations=zeta, grad_accum=eps)
 
 
 def test_every_line_of_algorithm1_sits_beside_the_source_that_carries_it_out():
-    shown = live.SourceBesideAlgorithm()
+    shown = watch.SourceBesideAlgorithm()
     text, table = str(shown), shown._repr_html_()
     assert text.startswith("def train_batch(")
-    for step, marker, _ in live.ALGORITHM1:
+    for step, marker, _ in watch.ALGORITHM1:
         line = next(line for line in text.splitlines() if marker in line)
         assert f"◀ {step}" in line
         assert step.replace("<", "&lt;") in table
     with pytest.raises(RuntimeError, match="no line with"):
-        live.SourceBesideAlgorithm(patchgd.predict)
+        watch.SourceBesideAlgorithm(patchgd.predict)

@@ -9,7 +9,7 @@ import pytest
 from nbstripout import strip_output
 
 from patchgd_kit.errors import KitError
-from patchgd_kit.notebook import run_notebook
+from patchgd_kit.reproduce.notebooks import run_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))

@@ -16,19 +16,20 @@ import pytest
 import tifffile
 import torch
 
-from patchgd_kit import config as config_module, latency, report, scaling
+from patchgd_kit.report import latency, tables
+from patchgd_kit.runs import config as config_module, scaling
 from patchgd_kit.cli import main as cli_main
-from patchgd_kit.data import UltraMNIST, ensure_dataset
+from patchgd_kit.data.ultramnist import UltraMNIST, ensure_dataset
 from patchgd_kit.errors import KitError
-from patchgd_kit.data import shrink_dataset
-from patchgd_kit.panda import (choose_level, fit_to_canvas, preprocess_panda, read_slide, read_train_csv,
-                               slide_level_shapes, split_slides)
-from patchgd_kit.scaling import scaled_sizes
-from patchgd_kit.profiles import get_profile
-from patchgd_kit.config import TrainConfig
-from patchgd_kit.orderings import RowResult
-from patchgd_kit.beyond import rows_of
-from patchgd_kit.paper import PAPER
+from patchgd_kit.data.ultramnist import shrink_dataset
+from patchgd_kit.data.panda import (choose_level, fit_to_canvas, preprocess_panda, read_slide, read_train_csv,
+                                    slide_level_shapes, split_slides)
+from patchgd_kit.runs.scaling import scaled_sizes
+from patchgd_kit.runs.profiles import get_profile
+from patchgd_kit.runs.config import TrainConfig
+from patchgd_kit.report.orderings import RowResult
+from patchgd_kit.paper.beyond import rows_of
+from patchgd_kit.paper.numbers import PAPER
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (64, 32, 8)
@@ -353,7 +354,7 @@ def test_rows_run_on_panda_when_its_root_is_set(tmp_path, monkeypatch):
 
 
 def test_the_full_resolution_row_runs_only_where_panda_is(tmp_path, monkeypatch):
-    from patchgd_kit.reproduce import rows_to_run
+    from patchgd_kit.reproduce.tableruns import rows_to_run
     monkeypatch.setenv("KIT_RUNS", str(tmp_path / "runs"))
     monkeypatch.delenv(scaling.PANDA_ROOT_ENV, raising=False)
     profile = get_profile("paper")
@@ -367,8 +368,8 @@ def test_the_full_resolution_row_runs_only_where_panda_is(tmp_path, monkeypatch)
 
 
 def test_the_full_resolution_row_trains_on_the_slides_level_read_a_patch_at_a_time(tmp_path, monkeypatch):
-    from patchgd_kit.reproduce import run_table
-    from patchgd_kit.tiled import TiledImage
+    from patchgd_kit.reproduce.tableruns import run_table
+    from patchgd_kit.data.tiled import TiledImage
     root = make_root(tmp_path / "root", grades=(0, 0, 0, 5, 5, 5))  # 2 train, 2 test slides: 50 inner iterations each
     monkeypatch.setenv("KIT_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv(scaling.PANDA_ROOT_ENV, str(root))
@@ -435,12 +436,12 @@ def test_precision_column_says_what_the_run_recorded_not_this_machine(monkeypatc
     monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: False)
     fp16_row = fake_results("table3")[4]
     assert fp16_row.config.amp
-    assert report.ran_in(fp16_row) == "fp32 (fp16 row; this CPU has no native bf16)"  # stored before epochs recorded it
+    assert tables.ran_in(fp16_row) == "fp32 (fp16 row; this CPU has no native bf16)"  # stored before epochs recorded it
     history = fp16_row.runs[0]["history"]
     history[0]["precision"] = "bf16 autocast (the CPU stand-in for fp16)"  # trained on a CPU with bf16
-    assert report.ran_in(fp16_row) == "bf16 autocast (the CPU stand-in for fp16)"
+    assert tables.ran_in(fp16_row) == "bf16 autocast (the CPU stand-in for fp16)"
     history.append({"precision": "fp32 (fp16 row; this CPU has no native bf16)"})  # resumed on this one
-    assert report.ran_in(fp16_row) == ("bf16 autocast (the CPU stand-in for fp16) / "
+    assert tables.ran_in(fp16_row) == ("bf16 autocast (the CPU stand-in for fp16) / "
                                        "fp32 (fp16 row; this CPU has no native bf16)")
 
 
@@ -450,7 +451,7 @@ def test_tables_name_the_standin_in_the_title_and_every_row(tmp_path, monkeypatc
         "images_per_s": 12.345, "device": "CPU (2 threads)"})
     data = scaling.PandaData("stand-in", "stand-in, not PANDA: made up", 10, {})
     profile = get_profile("smoke")
-    report.write_panda_table(fake_results("table3"), tmp_path, data, profile, footer="hours: none\n")
+    tables.write_panda_table(fake_results("table3"), tmp_path, data, profile, footer="hours: none\n")
     csv3 = pd.read_csv(tmp_path / "table3.csv")
     assert csv3["data"].tolist() == ["stand-in"] * 9
     assert csv3["paper params (M)"].tolist() == [23.52, 26.39, 23.52, 26.4, 23.52, 26.4, 23.52, 26.41, 26.4]
@@ -462,7 +463,7 @@ def test_tables_name_the_standin_in_the_title_and_every_row(tmp_path, monkeypatc
     assert md3.startswith("## Table 3: ResNet50 on PANDA (6 ISUP grades) — run on the stand-in")
     assert "stand-in, not PANDA: made up" in md3 and "hours: none" in md3
     assert "Of the paper's 4 orderings here" in md3 and "**tie**, within the noise" in md3
-    report.write_panda_table(fake_results("table3", beyond=True), tmp_path, data, profile)
+    tables.write_panda_table(fake_results("table3", beyond=True), tmp_path, data, profile)
     beyond = pd.read_csv(tmp_path / "table3.csv").iloc[9:]
     streaming = ["Streaming SGD (not in the paper)", "GD, BatchNorm frozen (not in the paper)"] * 2  # 2048, 4096 px
     assert beyond["method"].tolist() == ["GD-checkpoint (not in the paper)", "GD-downscaled (not in the paper)",
@@ -471,7 +472,7 @@ def test_tables_name_the_standin_in_the_title_and_every_row(tmp_path, monkeypatc
     assert (beyond["paper params (M)"] == "–").all() and beyond["paper accuracy %"].isna().all()
     # GD's ResNet50 however it steps; PatchGD's head, whose Linear reads a 16x16 map at 32,768 px
     assert beyond["params (M)"].astype(float).tolist() == [23.52] * 6 + [26.78]
-    report.write_panda_table(fake_results("table4"), tmp_path, data, profile)
+    tables.write_panda_table(fake_results("table4"), tmp_path, data, profile)
     csv4 = pd.read_csv(tmp_path / "table4.csv")
     assert csv4["data"].tolist() == ["stand-in"] * 6 and "latency img/s" not in csv4.columns
     assert csv4["max sampled %"].tolist() == ["100%", "100%", "100%", "70%", "50%", "30%"]

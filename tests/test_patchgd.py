@@ -3,11 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from patchgd_kit import patchgd
+from patchgd_kit.core import patchgd
 from patchgd_kit.errors import KitError
-from patchgd_kit.methods import build_model
-from patchgd_kit.models import count_parameters
-from patchgd_kit.patches import gather_patches, grid_shape, inner_iterations, patches_per_iteration, sample_schedule
+from patchgd_kit.core.methods import build_model
+from patchgd_kit.core.models import count_parameters
+from patchgd_kit.core.patches import (gather_patches, grid_shape, inner_iterations, patches_per_iteration,
+                                      sample_schedule)
 
 
 class TinyEncoder(nn.Module):

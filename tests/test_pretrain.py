@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from patchgd_kit.cli import main
-from patchgd_kit.data import load_digit_pools
+from patchgd_kit.data.ultramnist import load_digit_pools
 from patchgd_kit.errors import KitError
-from patchgd_kit.methods import METHODS, build_model
-from patchgd_kit.pretrain import digit_crops, load_weights_card, pretrain_backbone
+from patchgd_kit.core.methods import METHODS, build_model
+from patchgd_kit.runs.pretrain import digit_crops, load_weights_card, pretrain_backbone
 
 
 def _tensors_digest(path) -> str:

@@ -2,7 +2,7 @@
 profile table (wall time, what the numbers can and cannot show) all sit in its first 60 lines."""
 from pathlib import Path
 
-from patchgd_kit.profiles import PROFILES
+from patchgd_kit.runs.profiles import PROFILES
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -19,7 +19,7 @@ def test_first_screen_has_learn_reproduce_and_the_profile_table():
 
 
 def test_readme_and_notebook_05_print_the_same_profile_table():
-    from patchgd_kit.profile_times import CPU_MINUTES, PAPER_A100_HOURS, profile_table_markdown
+    from patchgd_kit.face.profile_times import CPU_MINUTES, PAPER_A100_HOURS, profile_table_markdown
 
     assert profile_table_markdown() in README.read_text()
     notebook = (README.parent / "notebooks" / "05_figure2.ipynb").read_text()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from patchgd_kit import cli
+from patchgd_kit. import cli
 from patchgd_kit.cli import main
-from patchgd_kit.config import TrainConfig
+from patchgd_kit.runs.config import TrainConfig
 from patchgd_kit.files import content_hash
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_an_older_kits_run_is_adopted_and_marked_on_data_with_a_byte_order_mark(
 @pytest.fixture
 def interrupted(tiny_data, tmp_path, monkeypatch):
     """A 2-epoch run stopped as its second epoch began: checkpoint.pt and checkpoint.prev.pt."""
-    from patchgd_kit import training
+    from patchgd_kit.runs import training
     first_only = training.train_one_epoch
 
     def stop(run, epoch):
@@ -176,7 +176,7 @@ def test_a_manifest_field_over_the_csv_limit_gets_one_line(tiny_data, tmp_path, 
     (["--budget", "-4GB"], "memory budget '-4GB' is not a size"),
 ])
 def test_plan_refuses_sizes_beyond_its_limits_at_once(capsys, extra, message):
-    import patchgd_kit.memory  # noqa: F401  the planner's imports, made once, are not what is timed
+    import patchgd_kit.planner.estimate  # noqa: F401  the planner's imports, made once, are not what is timed
     start = time.perf_counter()
     _one_line(["plan", "--budget", "4GB", "--backbone", "mobilenet_v2", *extra], capsys, 2, message)
     assert time.perf_counter() - start < 1.0

@@ -1,15 +1,16 @@
-"""The paper's numbers, the results store, mean ± std over seeds, the tables, orderings, figure and report."""
+"""The paper's numbers, the results store, mean ± std over seeds, the tables, orderings, figure and report_tables."""
 import dataclasses
 import math
 
 import pandas as pd
 import pytest
 
-from patchgd_kit import figure, orderings, report, store
-from patchgd_kit.beyond import BEYOND
-from patchgd_kit.config import TrainConfig
-from patchgd_kit.orderings import RowResult
-from patchgd_kit.paper import FIGURE2, OUTPUTS, PAPER
+from patchgd_kit.report import figure, orderings, tables as report_tables
+from patchgd_kit.runs import store
+from patchgd_kit.paper.beyond import BEYOND
+from patchgd_kit.runs.config import TrainConfig
+from patchgd_kit.report.orderings import RowResult
+from patchgd_kit.paper.numbers import FIGURE2, OUTPUTS, PAPER
 
 
 def test_the_papers_numbers_are_all_there():
@@ -67,7 +68,7 @@ def test_a_finished_run_is_read_back_not_trained_again(tiny_data, tmp_path, monk
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was built again")
-    monkeypatch.setattr("patchgd_kit.training.build_model", no_training)
+    monkeypatch.setattr("patchgd_kit.runs.training.build_model", no_training)
     again = store.train_in_store(dataclasses.replace(config, workers=0), tmp_path, progress=False)
     assert again["final"] == first["final"]
 
@@ -101,7 +102,7 @@ def _fake(table_name: str, accuracy: dict[str, list[float]]) -> list[RowResult]:
 
 def test_table_has_paper_measured_and_difference_for_every_row(tmp_path):
     fake = _fake("table1", {row.id: [20.0, 30.0] for row in PAPER["table1"].rows})
-    frame = report.write_table(fake, tmp_path, footer="GPU hours: none\n")
+    frame = report_tables.write_table(fake, tmp_path, footer="GPU hours: none\n")
     assert len(frame) == 6
     assert frame["measured accuracy %"].tolist() == [25.0] * 6
     assert frame["measured − paper accuracy %"].iloc[0] == pytest.approx(25.0 - 65.2)
@@ -119,7 +120,7 @@ def test_a_row_not_in_the_paper_has_no_paper_number_and_says_so(tmp_path):
     fake = _fake("table2", {row.id: [30.0] for row in PAPER["table2"].rows})
     row = next(r for r in BEYOND["table2"] if r.id == "gd-checkpoint_16gb")
     fake.append(dataclasses.replace(fake[0], row=row, config=dataclasses.replace(fake[0].config, method="gd-checkpoint")))
-    frame = report.write_table(fake, tmp_path)
+    frame = report_tables.write_table(fake, tmp_path)
     assert frame["paper accuracy %"].isna().tolist() == [False] * 6 + [True]
     assert frame["measured − paper accuracy %"].isna().tolist() == [False] * 6 + [True]
     md = (tmp_path / "table2.md").read_text()
@@ -166,7 +167,7 @@ def test_figure2_and_its_gaps(tmp_path):
 def test_report_gathers_what_exists_and_names_what_is_missing(tmp_path):
     (tmp_path / "table1.md").write_text("## Table 1\n")
     (tmp_path / "figure2.md").write_text("## Figure 2\n")
-    text = report.write_report(tmp_path, "profile smoke").read_text()
+    text = report_tables.write_report(tmp_path, "profile smoke").read_text()
     assert text.index("## Figure 2") < text.index("## Table 1")
     assert "Missing (their notebooks have not run or do not exist yet): table2, table3, table4, table5_6." in text
 

@@ -8,14 +8,17 @@ import pandas as pd
 import pytest
 import torch
 
-from patchgd_kit import latency, paperplans, reproduce, scaling, store
-from patchgd_kit.beyond import rows_of
-from patchgd_kit.config import TrainConfig
+from patchgd_kit.planner import paperrows
+from patchgd_kit.report import latency
+from patchgd_kit.reproduce import notebooks as reproduce_notebooks, tableruns
+from patchgd_kit.runs import scaling, store
+from patchgd_kit.paper.beyond import rows_of
+from patchgd_kit.runs.config import TrainConfig
 from patchgd_kit.cli import main
 from patchgd_kit.errors import KitError
-from patchgd_kit.profiles import get_profile
-from patchgd_kit.orderings import RowResult
-from patchgd_kit.paper import OUTPUTS, PAPER
+from patchgd_kit.runs.profiles import get_profile
+from patchgd_kit.report.orderings import RowResult
+from patchgd_kit.paper.numbers import OUTPUTS, PAPER
 
 FAKE_PLAN = {"batch_size": 32, "k": 1, "estimated_peak_bytes": 2**34, "estimator": "fake"}
 
@@ -76,14 +79,14 @@ def test_one_batch_factor_and_a_backbones_own_scale(smoke_runs):
 def test_low_memory_patchgd_starts_from_the_gd_runs_trained_backbone(smoke_runs):
     # Appendix C: asked for PatchGD 4 GB alone, run_table trains GD 4 GB first, and PatchGD's backbone
     # starts from GD's trained trunk, not from the digits init both began with.
-    from patchgd_kit.methods import build_model
-    from patchgd_kit.models import trunk_of
+    from patchgd_kit.core.methods import build_model
+    from patchgd_kit.core.models import trunk_of
     profile, table, folder = get_profile("smoke"), PAPER["table2"], smoke_runs / "smoke"
-    [result] = reproduce.run_table("table2", profile, rows=("patchgd_4gb",), progress=False)
+    [result] = tableruns.run_table("table2", profile, rows=("patchgd_4gb",), progress=False)
     gd = scaling.row_config(table, table.row("gd_4gb"), profile)[0]
     assert store.is_finished(gd, folder) and result.config.weights == str(store.run_trunk_path(gd, folder))
     assert "backbone from the GD 4 GB run (Appendix C)" in result.scale
-    from patchgd_kit.report import notes
+    from patchgd_kit.report.tables import notes
     assert ("PatchGD 4 GB: as in Appendix C, its backbone starts from the trained backbone of this table's "
             "GD 4 GB run") in notes([result])
     trained = build_model("gd", "mobilenet_v2", 10, 64, 32)
@@ -99,7 +102,7 @@ def test_low_memory_patchgd_starts_from_the_gd_runs_trained_backbone(smoke_runs)
     assert not all(torch.equal(start[k], digits[k]) for k in start)
     # rerun: everything read back, the trunk file not rewritten
     stamp = store.run_trunk_path(gd, folder).stat().st_mtime_ns
-    reproduce.run_table("table2", profile, rows=("patchgd_4gb",), progress=False)
+    tableruns.run_table("table2", profile, rows=("patchgd_4gb",), progress=False)
     assert store.run_trunk_path(gd, folder).stat().st_mtime_ns == stamp
 
 
@@ -114,38 +117,38 @@ def test_runs_shared_between_tables_have_one_store_folder(smoke_runs):
     assert run_of("table1", "gd_16gb") != run_of("table1", "gd_4gb")
     # a teaching run (notebook 03's GD, and PatchGD's the same way) is the 16 GB row of Table 2 (Table 1
     # with ResNet50), unless the reader changes a value: then the run is one of its own
-    from patchgd_kit import notebook
+    from patchgd_kit.face.teaching import notebook_runs
     for backbone, table in (("mobilenet_v2", "table2"), ("resnet50", "table1")):
         for method in ("gd", "patchgd"):
-            assert notebook.training_run(profile, method, backbone=backbone)[1] == run_of(table, f"{method}_16gb")
-    own, folder_of_own = notebook.training_run(profile, "gd", backbone="mobilenet_v2", batch_size=3)
+            assert notebook_runs.training_run(profile, method, backbone=backbone)[1] == run_of(table, f"{method}_16gb")
+    own, folder_of_own = notebook_runs.training_run(profile, "gd", backbone="mobilenet_v2", batch_size=3)
     assert (own.batch_size, own.memory_budget) == (3, None) and folder_of_own != run_of("table2", "gd_16gb")
     with pytest.raises(KitError, match="allowed: gd, gd-extended, patchgd"):
-        notebook.training_run(profile, "gd-checkpoint", backbone="mobilenet_v2")
+        notebook_runs.training_run(profile, "gd-checkpoint", backbone="mobilenet_v2")
 
 
 def test_gds_alternatives_are_trained_where_the_profile_or_the_caller_says():
     paper_rows = [row.id for row in PAPER["table2"].rows]
     smoke, cpu = get_profile("smoke"), get_profile("cpu")
     assert "table2" in smoke.beyond and not cpu.beyond  # cpu keeps its hour for the paper's rows
-    ids = {(profile.name, alternatives): [row.id for row in reproduce.rows_to_run("table2", profile, None, alternatives)]
+    ids = {(profile.name, alternatives): [row.id for row in tableruns.rows_to_run("table2", profile, None, alternatives)]
            for profile in (smoke, cpu) for alternatives in (None, True, False)}
     assert ids["cpu", None] == ids["cpu", False] == ids["smoke", False] == paper_rows
     assert ids["smoke", None] == ids["smoke", True] == ids["cpu", True] == paper_rows + [
         "gd-checkpoint_16gb", "gd-downscaled_16gb", "gd-checkpoint_4gb", "gd-downscaled_4gb"]
-    assert [row.id for row in reproduce.rows_to_run("table5_6", cpu, None, True)] == ["eps1", "eps2", "eps4"]
-    assert [row.id for row in reproduce.rows_to_run("table2", smoke, ("gd_4gb",), False)] == ["gd_4gb"]
+    assert [row.id for row in tableruns.rows_to_run("table5_6", cpu, None, True)] == ["eps1", "eps2", "eps4"]
+    assert [row.id for row in tableruns.rows_to_run("table2", smoke, ("gd_4gb",), False)] == ["gd_4gb"]
 
 
 def test_reproduce_passes_alternatives_to_the_notebooks_that_declare_it(tmp_path, monkeypatch):
-    from patchgd_kit import notebook
+    from patchgd_kit.face.teaching import notebook_runs
     given = {}
     monkeypatch.setattr(notebook, "run_notebook", lambda path, out, parameters, **kw: given.update({path.name[:2]: parameters}))
     monkeypatch.setattr(reproduce, "write_report", lambda target, title: target / "REPORT.md")
     assert main(["reproduce", "--profile", "smoke", "--out", str(tmp_path), "--only", "03,07", "--alternatives"]) == 0
     assert given["07"] == {"profile": "smoke", "seeds": 1, "alternatives": True}
     assert "alternatives" not in given["03"]
-    reproduce.reproduce("smoke", out=tmp_path, only=["07"], progress=False)  # unasked: the profile's choice
+    reproduce_notebooks.reproduce("smoke", out=tmp_path, only=["07"], progress=False)  # unasked: the profile's choice
     assert "alternatives" not in given["07"]
 
 
@@ -158,18 +161,18 @@ def test_plans_are_cached_on_disk(tmp_path, monkeypatch):
         return SimpleNamespace(batch_size=32, k=None, estimated_peak_bytes=2**33, estimator="fake")
     monkeypatch.setattr(paperplans, "plan", fake_plan)
     settings = PAPER["table1"].settings(PAPER["table1"].row("gd_16gb"))
-    first = paperplans.paper_plan(settings, tmp_path / "plans.json")
-    again = paperplans.paper_plan(settings, tmp_path / "plans.json")
+    first = paperrows.paper_plan(settings, tmp_path / "plans.json")
+    again = paperrows.paper_plan(settings, tmp_path / "plans.json")
     assert first == again == {"batch_size": 32, "k": None, "estimated_peak_bytes": 2**33, "estimator": "fake"}
     assert calls == [("gd", "resnet50", 512, "16GB")]
     # ε counts as 1 or "at least 2", as the planner sees it: Table 4's 10% rows (ζ = 11, 8, 6, 4 at
     # max sampled 100, 70, 50, 30%) share one plan; ε = 1 (Table 5/6) is a plan of its own.
     table4 = PAPER["table4"]
     for row in ("s10_m100", "s10_m70", "s10_m50", "s10_m30"):
-        paperplans.paper_plan(table4.settings(table4.row(row)), tmp_path / "plans.json")
+        paperrows.paper_plan(table4.settings(table4.row(row)), tmp_path / "plans.json")
     table5_6 = PAPER["table5_6"]
     for row in ("eps1", "eps2", "eps4"):
-        paperplans.paper_plan(table5_6.settings(table5_6.row(row)), tmp_path / "plans.json")
+        paperrows.paper_plan(table5_6.settings(table5_6.row(row)), tmp_path / "plans.json")
     assert [c[:3] for c in calls[1:]] == [("patchgd", "resnet50", 2048), ("patchgd", "mobilenet_v2", 512),
                                           ("patchgd", "mobilenet_v2", 512)]
 
@@ -177,10 +180,10 @@ def test_plans_are_cached_on_disk(tmp_path, monkeypatch):
 def test_notebooks_are_found_in_order_and_filtered(tmp_path):
     for name in ("06_b.ipynb", "05_a.ipynb", "notes.ipynb", "10_c.ipynb"):
         (tmp_path / name).write_text("{}")
-    assert [p.name for p in reproduce.numbered_notebooks(tmp_path)] == ["05_a.ipynb", "06_b.ipynb", "10_c.ipynb"]
-    assert [p.name for p in reproduce.numbered_notebooks(tmp_path, ["10"])] == ["10_c.ipynb"]
+    assert [p.name for p in reproduce_notebooks.numbered_notebooks(tmp_path)] == ["05_a.ipynb", "06_b.ipynb", "10_c.ipynb"]
+    assert [p.name for p in reproduce_notebooks.numbered_notebooks(tmp_path, ["10"])] == ["10_c.ipynb"]
     with pytest.raises(KitError, match="no notebook numbered 99"):
-        reproduce.numbered_notebooks(tmp_path, ["99"])
+        reproduce_notebooks.numbered_notebooks(tmp_path, ["99"])
 
 
 def test_cli_reproduce_errors_are_one_line(capsys):
@@ -193,15 +196,15 @@ def test_cli_reproduce_errors_are_one_line(capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine may run the paper profile")
 def test_paper_profile_needs_a_gpu():
     with pytest.raises(KitError, match="needs a CUDA GPU"):
-        reproduce.reproduce("paper")
+        reproduce_notebooks.reproduce("paper")
 
 
 @pytest.mark.slow
 def test_reproduce_end_to_end_on_the_smoke_profile(tmp_path):
     """The reproduction notebooks (05 on) headless on the smoke profile: every table and the figure
     written, a paper and a measured value on every row, REPORT.md gathering them."""
-    only = [p.name[:2] for p in reproduce.numbered_notebooks() if p.name[:2] >= "05"]
-    report = reproduce.reproduce("smoke", out=tmp_path, only=only, progress=False)
+    only = [p.name[:2] for p in reproduce_notebooks.numbered_notebooks() if p.name[:2] >= "05"]
+    report = reproduce_notebooks.reproduce("smoke", out=tmp_path, only=only, progress=False)
     folder = tmp_path / "smoke"
     assert report == folder / "REPORT.md"
     for suffix in ("png", "svg", "md"):
@@ -261,16 +264,16 @@ def test_paper_hours_footer_calls_a_coarser_patch_grid_a_lower_bound(monkeypatch
 def test_missing_plans_are_made_in_parallel_as_one_process_makes_them_and_as_shipped(tmp_path, monkeypatch):
     table = PAPER["table2"]
     rows = [table.settings(table.row(r)) for r in ("gd_16gb", "gd_4gb")]
-    shipped = paperplans.paper_plans(rows, tmp_path / "shipped.json")
+    shipped = paperrows.paper_plans(rows, tmp_path / "shipped.json")
     assert not (tmp_path / "shipped.json").exists()  # read from the kit's paper_plans.json, nothing planned
     monkeypatch.setattr(paperplans, "SHIPPED", tmp_path / "none.json")
-    parallel = paperplans.paper_plans(rows, tmp_path / "two.json", workers=2)
-    assert parallel == paperplans.paper_plans(rows, tmp_path / "one.json", workers=1) == shipped
+    parallel = paperrows.paper_plans(rows, tmp_path / "two.json", workers=2)
+    assert parallel == paperrows.paper_plans(rows, tmp_path / "one.json", workers=1) == shipped
     assert [p["batch_size"] for p in parallel] == [36, 8]  # the planner's MobileNetV2 batches at 512 px
     assert len(json.loads((tmp_path / "two.json").read_text())) == 2
 
 
 def test_every_paper_row_has_a_plan_shipped_for_the_current_code():
-    stale = paperplans.unshipped_rows()
+    stale = paperrows.unshipped_rows()
     assert not stale, (f"{len(stale)} paper rows have no plan shipped for this planner and these traced steps: "
                        "run `python -m patchgd_kit plan --ship` and commit patchgd_kit/paper_plans.json")

@@ -9,12 +9,14 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from patchgd_kit import altplan, reproduce, streaming
+from patchgd_kit.core import streaming
+from patchgd_kit.planner import alternatives as altplan
+from patchgd_kit.reproduce import tableruns
 from patchgd_kit.cli import main
 from patchgd_kit.errors import KitError
-from patchgd_kit.methods import build_model
-from patchgd_kit.models import trunk_of
-from patchgd_kit.profiles import get_profile
+from patchgd_kit.core.methods import build_model
+from patchgd_kit.core.models import trunk_of
+from patchgd_kit.runs.profiles import get_profile
 
 
 def _resnet_stem_and_block() -> nn.Sequential:
@@ -113,10 +115,10 @@ def test_plan_streaming_prints_a_plan_whose_peak_is_the_tile_step_plus_whole_map
 
 
 def test_table3_streaming_rows_train_where_a_tile_fits_and_are_said_left_out_elsewhere(capsys):
-    paper = {row.id for row in reproduce.rows_to_run("table3", get_profile("paper"), alternatives=True)}
+    paper = {row.id for row in tableruns.rows_to_run("table3", get_profile("paper"), alternatives=True)}
     assert {"streaming_2048", "gd-frozen-bn_2048", "streaming_fp16_4096", "gd-frozen-bn_fp16_4096"} <= paper
     capsys.readouterr()
-    cpu = {row.id for row in reproduce.rows_to_run("table3", get_profile("cpu"), alternatives=True)}
+    cpu = {row.id for row in tableruns.rows_to_run("table3", get_profile("cpu"), alternatives=True)}
     assert not any(i.startswith("streaming") for i in cpu) and "gd-frozen-bn_2048" in cpu
     assert ("2048 px in the paper, 128 px at the cpu profile: not trained, image 128 px is smaller than "
             "ResNet50's smallest usable tile (864 px): streaming cannot apply") in capsys.readouterr().out

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from patchgd_kit.errors import KitError
-from patchgd_kit.config import TrainConfig
-from patchgd_kit.training import evaluate_run, lr_lambda, train
+from patchgd_kit.runs.config import TrainConfig
+from patchgd_kit.runs.training import evaluate_run, lr_lambda, train
 
 SMALL = dict(backbone="mobilenet_v2", image_size=64, patch_size=32, batch_size=5, warmup_epochs=1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_finished_run_is_read_back_not_redone(tiny_data, tmp_path):
 
 def test_finished_run_with_a_budget_is_read_back_without_checking_its_batch_again(tiny_data, tmp_path,
                                                                                   monkeypatch):
-    from patchgd_kit import training as train_module
+    from patchgd_kit.runs import training as train_module
     config = TrainConfig(method="gd", data=str(tiny_data), epochs=1, memory_budget="4GB", **SMALL)
     first = train(config, tmp_path / "run", progress=False)
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["batch_size"] == SMALL["batch_size"]
@@ -139,9 +139,9 @@ def test_data_of_another_image_size_is_refused(tiny_data, tmp_path):
 @pytest.mark.parametrize("method", ["gd", "gd-extended", "patchgd"])
 @pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50"])
 def test_trunk_lr_scale_slows_exactly_the_weights_file_s_trunk(method, backbone, tmp_path):
-    from patchgd_kit.methods import build_model
-    from patchgd_kit.models import torchvision_model
-    from patchgd_kit.training import make_optimizer
+    from patchgd_kit.core.methods import build_model
+    from patchgd_kit.core.models import torchvision_model
+    from patchgd_kit.runs.training import make_optimizer
     model = build_model(method, backbone, 10, 64, 32)
     config = TrainConfig(method=method, backbone=backbone, image_size=64, patch_size=32, lr=1e-3, trunk_lr_scale=0.1)
     fast, slow = make_optimizer(model, config, torch.device("cpu")).param_groups

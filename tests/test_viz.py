@@ -4,10 +4,11 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from patchgd_kit import curves, live, viz, widgets
-from patchgd_kit.data import UltraMNIST, normalize_uint8
-from patchgd_kit.digits import generate_image, load_digit_pools
-from patchgd_kit.methods import build_model
+from patchgd_kit.face import curves, viz, widgets
+from patchgd_kit.face.teaching import watch
+from patchgd_kit.data.ultramnist import UltraMNIST, normalize_uint8
+from patchgd_kit.data.digits import generate_image, load_digit_pools
+from patchgd_kit.core.methods import build_model
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +157,6 @@ def test_algorithm1_player_draws_the_live_batch_and_refuses_bad_values(image, ca
 def test_live_batch_figure_for_short_and_long_schedules(image):
     picture = image[0]
     for k, zeta in ((4, 4), (1, 9)):
-        batch = live.LiveBatch(viz.one_image_schedule(16, k, zeta, seed=0), torch.rand(zeta, 4, 4),
+        batch = watch.LiveBatch(viz.one_image_schedule(16, k, zeta, seed=0), torch.rand(zeta, 4, 4),
                                torch.rand(zeta, 4, 4), [zeta], 2.3)
         assert isinstance(viz.plot_live_batch(picture, 32, batch), Figure)

@@ -4,9 +4,10 @@ import dataclasses
 
 import pytest
 
-from patchgd_kit import memory, wall
-from patchgd_kit.config import TrainConfig
-from patchgd_kit.orderings import paired_difference
+from patchgd_kit.face.teaching import wall
+from patchgd_kit.planner import budget as planner_budget
+from patchgd_kit.runs.config import TrainConfig
+from patchgd_kit.report.orderings import paired_difference
 
 BUDGET = "256MiB"
 
@@ -19,11 +20,11 @@ def rows(tiny_data):
 
 
 def test_a_cpu_budget_keeps_a_margin_for_what_the_step_holds_besides_its_tensors():
-    budget = memory.parse_budget(BUDGET)
-    assert 0 < memory.usable_bytes(budget, "cpu") < budget
-    assert memory.usable_bytes(memory.budget_for(100 * 2**20, "cpu"), "cpu") >= 100 * 2**20
+    budget = planner_budget.parse_budget(BUDGET)
+    assert 0 < planner_budget.usable_bytes(budget, "cpu") < budget
+    assert planner_budget.usable_bytes(planner_budget.budget_for(100 * 2**20, "cpu"), "cpu") >= 100 * 2**20
     # a CUDA budget keeps the CUDA context out instead: 256 MiB leaves nothing
-    assert memory.usable_bytes(budget) == 0
+    assert planner_budget.usable_bytes(budget) == 0
 
 
 def test_the_wall_gives_patchgd_a_larger_batch_than_gd_and_gd_at_that_batch_does_not_fit(rows):
@@ -35,7 +36,7 @@ def test_the_wall_gives_patchgd_a_larger_batch_than_gd_and_gd_at_that_batch_does
     downscaled = next(row for row in rows if row.config.method == "gd-downscaled")
     assert downscaled.config.batch_size == patchgd.config.batch_size
     assert downscaled.config.downscaled_side < downscaled.config.image_size
-    usable = memory.usable_bytes(memory.parse_budget(BUDGET), "cpu")
+    usable = planner_budget.usable_bytes(planner_budget.parse_budget(BUDGET), "cpu")
     assert all(row.estimated_bytes <= usable for row in rows if row.trains)
     assert rows[-1].estimated_bytes > usable and not wall.fits(rows[-1], "100MiB")
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .errors import KitError
+from ..errors import KitError
 from .models import backbone_of, classifier_model
 
 

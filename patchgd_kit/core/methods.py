@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import alternatives, gd, patchgd, streaming
-from .errors import KitError
+from ..errors import KitError
 from .models import GDExtended, PatchGDModel, backbone_of, classifier_model
 
 

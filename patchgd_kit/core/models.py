@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .errors import KitError
+from ..errors import KitError
 from .patches import grid_shape
 
 LATENT_DIM = 256  # s: the official code's latent size

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .errors import KitError
+from ..errors import KitError
 
 
 def grid_shape(image_size: int, patch_size: int) -> tuple[int, int]:

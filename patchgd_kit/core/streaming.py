@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import gd
-from .errors import KitError
+from ..errors import KitError
 from .models import backbone_of, classifier_model
 
 LIGHTSTREAM_VERSION = "1.0.7"

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import KitError
+from ..errors import KitError
 
 # --- the recipe ---------------------------------------------------------------------------------
 

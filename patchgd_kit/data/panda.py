@@ -30,10 +30,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import SHRINK, SPLITS, csv_text, kit_version, save_png
-from .errors import KitError, check_int
-from .files import building, locked, write_json, write_text
-from .progress import bar_disabled
+from .ultramnist import SHRINK, SPLITS, csv_text, kit_version, save_png
+from ..errors import KitError, check_int
+from ..files import building, locked, write_json, write_text
+from ..progress import bar_disabled
 from .tiled import TiledImage, pyramid
 
 PANDA_COLUMNS = ("image_id", "data_provider", "isup_grade", "gleason_score")

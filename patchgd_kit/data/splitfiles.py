@@ -16,7 +16,7 @@ import os
 from pathlib import Path, PurePath
 
 from .digits import MAX_TILED_IMAGE_SIZE, NUM_CLASSES
-from .errors import KitError
+from ..errors import KitError
 
 MAX_CARD_BYTES = 2**20  # the kit's cards are a few KB
 MAX_CLASSES = 1000

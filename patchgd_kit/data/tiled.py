@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from .digits import MNIST_MEAN, MNIST_STD
-from .errors import KitError
-from .files import atomic_write
+from ..errors import KitError
+from ..files import atomic_write
 
 TILE_MULTIPLE = 16  # the TIFF standard: tile sides are multiples of 16
 CONVERT_HINT = ("convert it to a tiled TIFF, e.g. `vips tiffsave IN OUT --tile --tile-width 256 --tile-height 256 "

@@ -122,8 +122,8 @@ def wall_table(rows, results: dict[str, dict], budget: str, against: str = "Patc
     """One line per way of training under the budget (``wall.WallRow``): batch, side, the planner's
     estimate and the measured peak, whether it fits, the final accuracy and, for every trained row
     but `against`, `against`'s accuracy minus it with its 95% paired bootstrap interval."""
-    from .memory import parse_budget
-    from .orderings import paired_difference
+    from ..planner.budget import parse_budget
+    from ..report.orderings import paired_difference
     limit, table = parse_budget(budget), {}
     for row in rows:
         measured = row.measured_bytes
@@ -146,7 +146,7 @@ def plot_wall(rows, results: dict[str, dict], budget: str, title: str = "") -> F
     """The paper's claim in one picture: final accuracy against the measured peak memory of a
     training step, one marker per way of training (named in the legend), the budget as a line; a
     configuration that does not fit is crossed at the bottom, at its peak."""
-    from .memory import parse_budget
+    from ..planner.budget import parse_budget
     limit = parse_budget(budget) / 2**20
     fig, axes = make_axes(1, size=7.5, height=4)
     ax = axes[0, 0]

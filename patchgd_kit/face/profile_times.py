@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .profiles import get_profile
+from ..runs.profiles import get_profile
 
 # Minutes per notebook, cpu profile, 2 cores (01 and 02 were timed together).
 CPU_MINUTES = {"01–02": 0.7, "03": 11.1, "05": 41.1, "06": 15.3, "07": 27.5, "08": 13.5, "09": 9.4,
@@ -37,8 +37,8 @@ def _paper_time() -> str:
 
 def _gpu_time() -> str:
     """The gpu profile's minutes as `reproduce --profile gpu --estimate` gives them (not measured)."""
-    from .gpuestimate import estimate
-    from .gpureport import latest_check
+    from ..gpu.estimate import estimate
+    from ..gpu.report import latest_check
     check = latest_check()
     result = estimate("gpu", check)
     source = (f"images/s measured by gpu-check on {check['device']} where it has them, else the paper's A100 latency"

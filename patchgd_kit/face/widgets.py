@@ -17,11 +17,12 @@ import torch
 from IPython import get_ipython
 from IPython.display import display
 
-from . import curves, live, viz
-from .config import TrainConfig
-from .digits import generate_image
-from .errors import KitError
-from .notebook import peak_memory_estimates
+from . import curves, viz
+from .teaching import watch
+from ..runs.config import TrainConfig
+from ..data.digits import generate_image
+from ..errors import KitError
+from .teaching.notebook_runs import peak_memory_estimates
 
 
 # What a frontend with a widget manager sends with each execute request: JupyterLab and Notebook 7
@@ -154,14 +155,14 @@ def schedule_explorer(image: np.ndarray, *, backbone: str, patch_size: int, samp
 
 def algorithm1_player(model, image: np.ndarray, x: torch.Tensor, label: int, *, k: int, zeta: int, grad_accum: int,
                       seed: int = 0, interactive: bool = True):
-    """One batch of Algorithm 1 run live (`live.run_live_batch`: the kit's `train_batch` on a copy of
+    """One batch of Algorithm 1 run live (`watch.run_live_batch`: the kit's `train_batch` on a copy of
     `model`) on one image (`x`, normalised, is what the model sees; `image` is what is drawn), for k,
     ζ and ε: the table of what each inner iteration did, and the figure of sampled cells, ∂L/∂X and ∂L/∂Z."""
     cells = model.grid[0] * model.grid[1]
 
     def render(k, zeta, grad_accum):
-        batch = live.run_live_batch(model, x, label, k=k, inner_iterations=zeta, grad_accum=grad_accum, seed=seed)
-        print(live.live_table(batch).to_string())
+        batch = watch.run_live_batch(model, x, label, k=k, inner_iterations=zeta, grad_accum=grad_accum, seed=seed)
+        print(watch.live_table(batch).to_string())
         display(viz.plot_live_batch(image, model.patch_size, batch))
 
     controls = {

@@ -29,21 +29,22 @@ from typing import Callable
 
 import torch
 
-from . import memory
-from .config import TrainConfig
-from .data import ensure_dataset
-from .errors import KitError
-from .files import check_writable_folder
-from .gpuestimate import estimate
-from .gpuplan import Row, dry_plan, paper_plan
-from .gpureport import CHECKS_DIR, write_report
-from .latency import device_name, measure_latency
-from .livebytes import LiveBytes
-from .memory import ALLOCATOR_HEADROOM, CUDA_CONTEXT_BYTES
-from .methods import StepSettings, method_of
-from .profiles import get_profile
-from .report import init_name
-from .training import make_optimizer, model_on, step_settings, train
+from ..planner import budget
+from ..planner.estimate import estimate_peak
+from ..runs.config import TrainConfig
+from ..data.ultramnist import ensure_dataset
+from ..errors import KitError
+from ..files import check_writable_folder
+from .estimate import estimate
+from .rows import Row, dry_plan, paper_plan
+from .report import CHECKS_DIR, write_report
+from ..report.latency import device_name, measure_latency
+from ..planner.bytecount import LiveBytes
+from ..planner.budget import ALLOCATOR_HEADROOM, CUDA_CONTEXT_BYTES
+from ..core.methods import StepSettings, method_of
+from ..runs.profiles import get_profile
+from ..report.tables import init_name
+from ..runs.training import make_optimizer, model_on, step_settings, train
 
 DRY_OUT = Path("runs/gpu-check-dry")  # dry runs never write into docs/: CI leaves the repository clean
 
@@ -121,7 +122,7 @@ def _measure_peak(step: TrainingStep, device: torch.device) -> dict:
 
 
 def _estimate(row: Row, k: int | None) -> int:
-    return memory.estimate_peak(row.method, row.backbone, row.image_size, row.batch_size, patch_size=row.patch_size,
+    return estimate_peak(row.method, row.backbone, row.image_size, row.batch_size, patch_size=row.patch_size,
                                 k=k, amp=row.amp, num_classes=row.num_classes, grad_accum=row.grad_accum).peak_bytes
 
 
@@ -156,12 +157,12 @@ def _budget_of(row: Row) -> int | str:
     if row.budget != "dry":
         return row.budget
     k = row_config(row).schedule()[0]
-    return memory.budget_for(_estimate(dataclasses.replace(row, batch_size=2), k))
+    return budget.budget_for(_estimate(dataclasses.replace(row, batch_size=2), k))
 
 
-def _plan(row: Row, budget: int | str, batch_size: int | None = None) -> memory.Plan:
+def _plan(row: Row, budget: int | str, batch_size: int | None = None) -> budget.Plan:
     """The planner's plan for the row under `budget`, as train --memory-budget plans it."""
-    return memory.plan_for_config(row_config(row, memory_budget=budget, batch_size=batch_size))
+    return budget.plan_for_config(row_config(row, memory_budget=budget, batch_size=batch_size))
 
 
 def check_peak(row: Row, ctx: _Context) -> dict:
@@ -172,16 +173,16 @@ def check_peak(row: Row, ctx: _Context) -> dict:
 NEEDS_CUDA = "needs CUDA: set_per_process_memory_fraction caps the CUDA allocator only"
 
 
-def _run_capped(row: Row, plan: memory.Plan, batch: int, device: torch.device) -> dict:
+def _run_capped(row: Row, plan: budget.Plan, batch: int, device: torch.device) -> dict:
     """One primed step at `batch` under the plan's budget, enforced as train() enforces it."""
     _release(device)  # a cached block would be handed out without asking the cap
-    memory.limit_cuda_memory(device, plan.budget_bytes)
+    budget.limit_cuda_memory(device, plan.budget_bytes)
     try:
         return {"fits": True, **_measure_peak(training_step(dataclasses.replace(row, batch_size=batch), device), device)}
     except torch.OutOfMemoryError:
-        return {"fits": False, "oom_message": str(memory.out_of_memory_error(plan, batch))}
+        return {"fits": False, "oom_message": str(budget.out_of_memory_error(plan, batch))}
     finally:
-        memory.limit_cuda_memory(device, None)
+        budget.limit_cuda_memory(device, None)
 
 
 def check_budget(row: Row, ctx: _Context) -> dict:
@@ -212,7 +213,7 @@ def check_over_budget(row: Row, ctx: _Context) -> dict:
     if refusal is None:
         raise KitError(f"the planner accepted batch {over}, twice its own plan of {plan.batch_size}")
     if ctx.dry:
-        text = str(memory.out_of_memory_error(plan, over))  # its text, though no CUDA ran out of memory
+        text = str(budget.out_of_memory_error(plan, over))  # its text, though no CUDA ran out of memory
         return {**out, "oom_message": text, "status": "skipped", "reason": NEEDS_CUDA}
     result = _run_capped(row, plan, over, ctx.device)
     if result["fits"]:  # the planner is pessimistic here: record it, it is a finding
@@ -263,11 +264,12 @@ def check_slice(row: Row, ctx: _Context) -> dict:
     """The gpu profile's row (Table 2's PatchGD 16 GB) as reproduce trains it: its planned batch under
     its budget (enforced on CUDA), its data made at the row's size, its init (ImageNet, or the digits
     stand-in where they cannot be downloaded), one epoch on a few hundred images, data loading included."""
-    from .reproduce import _environment, run_table
+    from ..reproduce.notebooks import environment
+    from ..reproduce.tableruns import run_table
     train_pc, test_pc, steps = SLICE_PER_CLASS["dry" if ctx.dry else "cuda"]
     profile = get_profile("gpu", image_size=row.image_size, patch_size=row.patch_size, per_class_train=train_pc,
                           per_class_test=test_pc, epochs=1, warmup_epochs=0, pretrain_steps=steps)
-    with _environment(KIT_RUNS=str(ctx.scratch / "slice")):
+    with environment(KIT_RUNS=str(ctx.scratch / "slice")):
         result = run_table("table2", profile, rows=("patchgd_16gb",), progress=False)[0]
     final = result.runs[0]["final"]
     return {"batch_size_used": result.config.batch_size, "init": init_name(result.config.weights),
@@ -298,7 +300,7 @@ def _release(device: torch.device) -> None:
     """Free what a row left (its model, a failed step's tensors) so the next row starts empty."""
     gc.collect()
     if device.type == "cuda":
-        memory.limit_cuda_memory(device, None)  # train() leaves its cap in place
+        budget.limit_cuda_memory(device, None)  # train() leaves its cap in place
         torch.cuda.empty_cache()
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .paper import FIGURE2, PAPER
-from .paperplans import grad_accum_of
-from .profiles import Profile, get_profile
+from ..paper.numbers import FIGURE2, PAPER
+from ..planner.paperrows import grad_accum_of
+from ..runs.profiles import Profile, get_profile
 
 # Inference images/s on an A100 40 GB at 512 px, fp32 (Table 3): GD ResNet50, PatchGD ResNet50 (patch 128).
 PAPER_GD_512 = PAPER["table3"].row("gd_512").paper["latency_img_s"]

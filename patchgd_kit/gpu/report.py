@@ -8,11 +8,11 @@ import json
 import re
 from pathlib import Path
 
-from .files import atomic_write, write_json
-from .gpuplan import SECTIONS
-from .memory import ALLOCATOR_HEADROOM, CUDA_CONTEXT_BYTES, format_bytes
+from ..files import atomic_write, write_json
+from .rows import SECTIONS
+from ..planner.budget import ALLOCATOR_HEADROOM, CUDA_CONTEXT_BYTES, format_bytes
 
-CHECKS_DIR = Path(__file__).resolve().parents[1] / "docs" / "gpu-checks"  # where real checks are committed
+CHECKS_DIR = Path(__file__).resolve().parents[2] / "docs" / "gpu-checks"  # where real checks are committed
 
 
 def summarize(report: dict) -> dict:

@@ -22,7 +22,7 @@ names the tables whose rows not in the paper it trains (``Profile.beyond``).
 """
 from __future__ import annotations
 
-from .paper import PAPER, Row, Table
+from .numbers import PAPER, Row, Table
 
 NOT_IN_PAPER = "not in the paper"
 PATCH_SETTINGS = ("patch_size", "sampling", "max_sampled", "grad_accum")

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
-from . import streaming
-from .errors import KitError
-from .memory import BatchCannotTrain, Plan, estimate_peak, format_bytes, parse_budget, plan, usable_bytes
-from .models import backbone_of
-from .patches import patches_per_iteration
+from ..core import streaming
+from ..errors import KitError
+from .estimate import BatchCannotTrain, estimate_peak
+from .budget import Plan, format_bytes, parse_budget, plan, usable_bytes
+from ..core.models import backbone_of
+from ..core.patches import patches_per_iteration
 
 FP32 = 4
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from . import patchgd
-from .errors import KitError
-from .methods import StepSettings, build_model, method_of
-from .patchgd import fill_z
-from .tiled import LazyBatch, TiledImage, normalize_uint8
+from ..core import patchgd
+from ..errors import KitError
+from ..core.methods import StepSettings, build_model, method_of
+from ..core.patchgd import fill_z
+from ..data.tiled import LazyBatch, TiledImage, normalize_uint8
 
 
 def measure_step(image, backbone: str, *, patch_size: int, k: int, inner_iterations: int = 1, batch_size: int = 1,
@@ -32,9 +32,9 @@ def measure_step(image, backbone: str, *, patch_size: int, k: int, inner_iterati
     into a float tensor first, as an in-memory dataset does."""
     spec = dict(image=str(image), backbone=backbone, patch_size=patch_size, k=k, inner_iterations=inner_iterations,
                 batch_size=batch_size, lazy=lazy, device=device, fill_chunk=fill_chunk)
-    kit_parent = str(Path(__file__).resolve().parents[1])  # the child imports this kit, installed or not
+    kit_parent = str(Path(__file__).resolve().parents[2])  # the child imports this kit, installed or not
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (kit_parent, os.environ.get("PYTHONPATH"))))}
-    out = subprocess.run([sys.executable, "-c", f"from patchgd_kit.stepmeasure import _measure_here; _measure_here({spec!r})"],
+    out = subprocess.run([sys.executable, "-c", f"from patchgd_kit.planner.measure import _measure_here; _measure_here({spec!r})"],
                          capture_output=True, text=True, env=env)
     if out.returncode:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]

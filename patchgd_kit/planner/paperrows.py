@@ -18,18 +18,20 @@ from pathlib import Path
 import torch
 import torchvision
 
-from . import alternatives, altplan, gd, livebytes, memory, methods, models, patchgd, patches
-from .altplan import downscaled_side_for
-from .beyond import BEYOND, reads_full_resolution, rows_of
-from .files import content_hash, write_text
-from .memory import BudgetTooSmall, format_bytes, plan
-from .methods import method_of, uses_patches
-from .paper import PAPER, ZETA
-from .patches import schedule_for
+from ..core import alternatives as alternative_steps
+from ..core import gd, methods, models, patches, patchgd
+from . import alternatives, budget, bytecount, estimate
+from .alternatives import downscaled_side_for
+from ..paper.beyond import BEYOND, reads_full_resolution, rows_of
+from ..files import content_hash, write_text
+from .budget import BudgetTooSmall, format_bytes, plan
+from ..core.methods import method_of, uses_patches
+from ..paper.numbers import PAPER, ZETA
+from ..core.patches import schedule_for
 
 # The code a plan depends on: the planner and every step it traces on fake tensors. A change in any
 # of them (or another torch) changes the plans' keys, so nothing stale is ever read back.
-PLANNED_BY = (memory, livebytes, altplan, alternatives, methods, models, patchgd, gd, patches)
+PLANNED_BY = (estimate, budget, bytecount, alternatives, alternative_steps, methods, models, patchgd, gd, patches)
 # Every row of the paper's tables (and GD's alternatives) planned once, shipped with the kit:
 # planning them takes minutes on 2 cores, and every fresh reproduction would otherwise repeat it.
 # `python -m patchgd_kit plan --ship` writes it again; a test says when it is out of date.
@@ -69,8 +71,8 @@ def _plan_row(args: dict) -> dict:
         side = downscaled_side_for(backbone, size, budget, **args)
         return {"batch_size": side.batch_size, "k": None, "estimated_peak_bytes": side.estimated_peak_bytes,
                 "estimator": "fake-tensor", "downscaled_side": side.side}
-    if method == "streaming":  # lightstream's statistics cannot run on fake tensors: altplan estimates it
-        found = altplan.streaming_plan(backbone, size, budget, **args)
+    if method == "streaming":  # lightstream's statistics cannot run on fake tensors: planner.alternatives estimates it
+        found = alternatives.streaming_plan(backbone, size, budget, **args)
     else:
         found = plan(method, backbone, size, budget, **args)
     return {"batch_size": found.batch_size, "k": found.k, "estimated_peak_bytes": found.estimated_peak_bytes,
@@ -249,6 +251,6 @@ NOT_IN_PAPER = " (not in the paper)"
 def alternative_rows(sources: tuple[str, ...] = ("Table 1", "Table 2", "Table 3")) -> list[PaperRow]:
     """Rows not in the paper: each GD row of Tables 1-3 again as gd-checkpoint (GD with its trunk
     activation-checkpointed: the same gradients, so the same accuracy, in less memory). gd-downscaled
-    has no row here: its side depends on the budget (``altplan.downscaled_side_for``)."""
+    has no row here: its side depends on the budget (``alternatives.downscaled_side_for``)."""
     return [dataclasses.replace(row, source=row.source + NOT_IN_PAPER, method="gd-checkpoint", paper_budget="–")
             for row in memory_rows() if row.method == "gd" and row.source in sources]

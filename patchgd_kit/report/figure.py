@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .files import atomic_write, write_text
+from ..files import atomic_write, write_text
 from .orderings import RowResult, format_mean_std, orderings_markdown, term_values
-from .paper import FIGURE2, budget_text
-from .report import init_from_notes, init_name, markdown, run_label
+from ..paper.numbers import FIGURE2, budget_text
+from .tables import init_from_notes, init_name, markdown, run_label
 
 
 def figure2_gaps(results: list[RowResult]) -> pd.DataFrame:

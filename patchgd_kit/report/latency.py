@@ -12,16 +12,16 @@ import time
 
 import torch
 
-from .config import TrainConfig, autocast_dtype, precision, resolve_device
-from .files import write_json
-from .methods import StepSettings, build_model, method_of, uses_patches
-from .models import count_parameters
+from ..runs.config import TrainConfig, autocast_dtype, precision, resolve_device
+from ..files import write_json
+from ..core.methods import StepSettings, build_model, method_of, uses_patches
+from ..core.models import count_parameters
 from .orderings import RowResult
-from .panda import PANDA_CLASSES
-from .paper import PAPER
-from .profiles import Profile, get_profile, profile_dir
-from .store import run_folder
-from .training import model_on
+from ..data.panda import PANDA_CLASSES
+from ..paper.numbers import PAPER
+from ..runs.profiles import Profile, get_profile, profile_dir
+from ..runs.store import run_folder
+from ..runs.training import model_on
 
 
 LATENCY_WARMUP = 2    # untimed passes first (cuDNN autotuning, allocator, caches)

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .digits import MAX_IMAGE_SIZE, MAX_TILED_IMAGE_SIZE
-from .errors import KitError, check_int, check_number
-from .methods import METHODS, method_of, uses_patches
-from .models import BACKBONES
-from .patches import grid_shape, schedule_for
+from ..data.digits import MAX_IMAGE_SIZE, MAX_TILED_IMAGE_SIZE
+from ..errors import KitError, check_int, check_number
+from ..core.methods import METHODS, method_of, uses_patches
+from ..core.models import BACKBONES
+from ..core.patches import grid_shape, schedule_for
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which train() calls, takes no more
 # Bounds on what one command may be asked to do, so that no input runs for ever.
@@ -146,7 +146,7 @@ def check_patches(image_size: int, patch_size: int) -> None:
 
 def check_budget(budget) -> int:
     """The bytes of a memory budget, at most MAX_BUDGET_BYTES."""
-    from .memory import parse_budget  # here: the planner's imports (fake tensors) are for runs with a budget
+    from ..planner.budget import parse_budget  # here: the planner's imports (fake tensors) are for runs with a budget
     value = parse_budget(budget)
     if value > MAX_BUDGET_BYTES:
         raise KitError(f"memory budget {budget!r} is not allowed; allowed: at most 1 TiB (more than any one GPU holds)")

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import KitError
+from ..errors import KitError
 
 
 @dataclass(frozen=True)

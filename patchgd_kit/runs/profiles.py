@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KitError
+from ..errors import KitError
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
 
 def runs_root() -> Path:
     """Where runs, data and reports live: ``$KIT_RUNS`` or ``runs/`` at the top of the kit."""
-    return Path(os.environ.get("KIT_RUNS") or Path(__file__).resolve().parents[1] / "runs")
+    return Path(os.environ.get("KIT_RUNS") or Path(__file__).resolve().parents[2] / "runs")
 
 
 def profile_dir(profile: Profile | str) -> Path:
@@ -191,7 +191,7 @@ def profile_dir(profile: Profile | str) -> Path:
 
 def profile_dataset(profile: Profile, seed: int = 0, progress: bool = True) -> Path:
     """The profile's UltraMNIST (made on first use, reused after) in ``runs/<profile>/data/``."""
-    from .data import ensure_dataset
+    from ..data.ultramnist import ensure_dataset
     return ensure_dataset(profile_dir(profile) / "data", profile.image_size, profile.per_class_train,
                           profile.per_class_test, seed, progress=progress, min_digit_side=profile.min_digit_side)
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
-from .data import kit_version
-from .errors import KitError
-from .files import atomic_write, content_hash, save_torch, write_json
+from ..data.ultramnist import kit_version
+from ..errors import KitError
+from ..files import atomic_write, content_hash, save_torch, write_json
 
 
 CHECKPOINT, PREVIOUS, MARKER, LOCK = "checkpoint.pt", "checkpoint.prev.pt", ".patchgd-run", ".lock"

@@ -16,15 +16,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .beyond import reads_full_resolution
+from ..paper.beyond import reads_full_resolution
 from .config import TrainConfig
-from .data import MIN_DIGIT_SIDE, UltraMNIST, ensure_dataset, shrink_dataset
-from .errors import KitError
-from .methods import uses_patches
-from .panda import (PANDA_CLASSES, PAPER_SIZES, full_resolution_dataset, level_for_downsample, preprocess_panda,
-                    read_train_csv, slide_level_shapes)
-from .paper import Table
-from .paperplans import grad_accum_of, paper_plan
+from ..data.ultramnist import MIN_DIGIT_SIDE, UltraMNIST, ensure_dataset, shrink_dataset
+from ..errors import KitError
+from ..core.methods import uses_patches
+from ..data.panda import (PANDA_CLASSES, PAPER_SIZES, full_resolution_dataset, level_for_downsample,
+                          preprocess_panda, read_train_csv, slide_level_shapes)
+from ..paper.numbers import Table
+from ..planner.paperrows import grad_accum_of, paper_plan
 from .profiles import Profile, profile_dataset, profile_dir, profile_weights
 from .store import run_trunk_path
 

@@ -25,15 +25,15 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .config import TrainConfig, autocast_dtype, precision, resolve_device, use_channels_last, validate_device
-from .data import UltraMNIST
-from .tiled import collate
+from ..data.ultramnist import UltraMNIST
+from ..data.tiled import collate
 from .distributed import Processes
-from .errors import KitError, check_path
-from .files import locked, write_json
-from .progress import bar_disabled
-from .memory import Plan, limit_cuda_memory, out_of_memory_error, plan_for_config
-from .methods import StepSettings, build_model, method_of, uses_patches
-from .models import trunk_of
+from ..errors import KitError, check_path
+from ..files import locked, write_json
+from ..progress import bar_disabled
+from ..planner.budget import Plan, limit_cuda_memory, out_of_memory_error, plan_for_config
+from ..core.methods import StepSettings, build_model, method_of, uses_patches
+from ..core.models import trunk_of
 from .runfolder import (CHECKPOINT, check_run_folder, claim_run_folder, finished_result, load_checkpoint, note,
                         rng_state, save_checkpoint, save_finished, set_rng_state, write_metrics)
 

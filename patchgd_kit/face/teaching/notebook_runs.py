@@ -1,50 +1,22 @@
-"""Notebook plumbing: run a notebook headless with checked parameters, pick a profile with single
-values overridden, the training runs that notebooks 03 and 04 share, and the facts they print."""
+"""The teaching runs of notebooks 03 and 04: a profile with single values overridden, the training runs
+the two notebooks share, and the facts they print (papermill's runner is ``reproduce.notebooks``)."""
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TextIO
 
-from .data import UltraMNIST
-from .errors import KitError
-from .memory import estimate_peak
-from .config import TrainConfig
-from .methods import build_model, uses_patches
-from .models import count_parameters
-from .paper import PAPER
-from .profiles import Profile, get_profile, profile_dir
-from .scaling import row_config
-from .store import run_folder
+from ...data.ultramnist import UltraMNIST
+from ...planner.estimate import estimate_peak
+from ...runs.config import TrainConfig
+from ...core.methods import build_model, uses_patches
+from ...core.models import count_parameters
+from ...paper.numbers import PAPER
+from ...runs.profiles import Profile, get_profile, profile_dir
+from ...runs.scaling import row_config
+from ...runs.store import run_folder
 
 # The table whose 16 GB rows notebooks 03 and 04 train, per backbone (the paper's: ResNet50 in Table 1).
 TEACHING_TABLE = {"mobilenet_v2": "table2", "resnet50": "table1"}
-
-
-def run_notebook(path, out, parameters: dict | None = None, *, cwd=None, kernel: str = "python3",
-                 progress: bool = False, echo: TextIO | None = None) -> Path:
-    """Execute the notebook at `path` with papermill into `out` and return `out`.
-
-    papermill only warns about a parameter the notebook does not declare and runs on without it; here
-    that is a KitError naming the allowed parameters, raised before anything runs. The kernel is
-    named explicitly and the working directory is the notebook's folder unless `cwd` says otherwise.
-    A failing cell raises papermill's PapermillExecutionError; `out` then holds the partial run.
-    `progress` shows papermill's bar of cells; `echo` (such as sys.stdout) receives what the cells
-    print, as they print it: which run is training, one line per epoch.
-    """
-    import papermill
-
-    path, out = Path(path), Path(out)
-    parameters = parameters or {}
-    declared = papermill.inspect_notebook(str(path))
-    unknown = sorted(set(parameters) - set(declared))
-    if unknown:
-        raise KitError(f"{path.name} has no parameter(s) {', '.join(unknown)}; allowed: {', '.join(declared)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(path), str(out), parameters=parameters, kernel_name=kernel,
-                               cwd=str(cwd or path.parent), progress_bar=progress,
-                               stdout_file=echo, stderr_file=echo)
-    return out
 
 
 def profile_with(name: str | None, **values) -> Profile:

@@ -27,14 +27,15 @@ from pathlib import Path
 
 import torch
 
-from .altplan import downscaled_side_for
-from .config import TrainConfig, resolve_device
-from .data import ensure_dataset
-from .errors import KitError
-from .memory import BudgetTooSmall, estimate_peak, parse_budget, plan
-from .methods import method_of
-from .profiles import Profile, profile_dir, profile_weights
-from .training import make_optimizer, model_on, step_settings
+from ...planner.alternatives import downscaled_side_for
+from ...runs.config import TrainConfig, resolve_device
+from ...data.ultramnist import ensure_dataset
+from ...errors import KitError
+from ...planner.budget import BudgetTooSmall, parse_budget, plan
+from ...planner.estimate import estimate_peak
+from ...core.methods import method_of
+from ...runs.profiles import Profile, profile_dir, profile_weights
+from ...runs.training import make_optimizer, model_on, step_settings
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,9 @@ def measure_peak(config: TrainConfig, steps: int = 2) -> dict:
     "seconds_per_step"}. The first step creates Adam's moments; the second is a step as every later
     one. On CUDA: the allocator's peak over what was allocated before the model."""
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    kit_parent = str(Path(__file__).resolve().parents[1])  # the child imports this kit, installed or not
+    kit_parent = str(Path(__file__).resolve().parents[3])  # the child imports this kit, installed or not
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (kit_parent, os.environ.get("PYTHONPATH"))))}
-    code = f"from patchgd_kit.wall import _measure_here; _measure_here({fields!r}, {steps})"
+    code = f"from patchgd_kit.face.teaching.wall import _measure_here; _measure_here({fields!r}, {steps})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if out.returncode:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1]
@@ -196,6 +197,6 @@ def fits(row: WallRow, budget: str) -> bool:
 def train_rows(rows: list[WallRow], profile: Profile, progress: bool = True) -> dict[str, dict]:
     """{row name: train()'s result} of every row that trains, each in the results store: a rerun reads
     finished rows back and resumes a half-finished one."""
-    from .store import train_in_store
+    from ...runs.store import train_in_store
     return {row.name: train_in_store(row.config, profile_dir(profile), progress=progress)
             for row in rows if row.trains}

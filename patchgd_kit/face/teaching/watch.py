@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import patchgd
-from .errors import KitError
-from .models import ZHead
-from .patches import grid_shape, patch_grid, sample_schedule
+from ...core import patchgd
+from ...errors import KitError
+from ...core.models import ZHead
+from ...core.patches import grid_shape, patch_grid, sample_schedule
 
 
 @dataclass
