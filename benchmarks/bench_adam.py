@@ -1,5 +1,5 @@
 """One Adam step over each backbone's parameters: the default (foreach) kernel against the fused one
-that training.adam picks on a CPU, beside one forward and backward of a small batch for scale. Prints
+that runs.optim.adam picks on a CPU, beside one forward and backward of a small batch for scale. Prints
 figures; asserts nothing.
 
     python benchmarks/bench_adam.py [--backbones resnet50 mobilenet_v2] [--batch 3] [--image-size 64]

@@ -9,7 +9,7 @@ The function is patchgd_kit.panda.preprocess_panda.
 
 Beyond the paper: ``--full-resolution SIDE`` writes ``<out>/{train,test}/`` whose images are the
 slides' level 0 framed on a white SIDE px square, read a patch at a time by PatchGD (no downscale,
-nothing copied; ``panda.full_resolution_dataset``):
+nothing copied; ``pandafull.full_resolution_dataset``):
 
     python data_gen/panda.py --root /data/panda --out data/panda_full --full-resolution 32768
     python -m patchgd_kit train --data data/panda_full --method patchgd --image-size 32768 --patch-size 256 ...

@@ -13,7 +13,7 @@ import tifffile
 import torch
 from test_patchgd import RecordingOptimizer, TinyPatchGD
 
-from patchgd_kit. import cli
+from patchgd_kit import cli
 from patchgd_kit.core import patchgd
 from patchgd_kit.planner import estimate
 from patchgd_kit.data.ultramnist import UltraMNIST, generate_split, normalize_uint8
@@ -206,7 +206,7 @@ def test_the_planner_leaves_a_lazily_read_image_out_of_the_step():
 def test_panda_full_resolution_items_are_level_0_framed_on_white_and_train(tmp_path):
     from test_panda import make_root
 
-    from patchgd_kit.data.panda import full_resolution_dataset
+    from patchgd_kit.data.pandafull import full_resolution_dataset
     root = make_root(tmp_path / "panda", grades=(0, 0, 1, 1))
     out = full_resolution_dataset(root, tmp_path / "full", side=320, test_fraction=0.5)
     train = UltraMNIST(out, "train")
@@ -226,7 +226,7 @@ def test_panda_full_resolution_items_are_level_0_framed_on_white_and_train(tmp_p
 
 
 def test_a_slide_level_is_chosen_by_its_downsample_from_level_0():
-    from patchgd_kit.data.panda import level_for_downsample
+    from patchgd_kit.data.pandafull import level_for_downsample
     shapes = [(40000, 30000, 3), (10000, 7500, 3), (2500, 1875, 3)]  # PANDA's levels: 4x apart
     assert [level_for_downsample(shapes, d) for d in (1, 2, 4, 8, 16, 32)] == [0, 0, 1, 1, 2, 2]
 

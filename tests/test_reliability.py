@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from patchgd_kit. import cli
+from patchgd_kit import cli
 from patchgd_kit.cli import main
 from patchgd_kit.runs.config import TrainConfig
 from patchgd_kit.files import content_hash

@@ -12,7 +12,8 @@ import torch
 
 from patchgd_kit.errors import KitError
 from patchgd_kit.runs.config import TrainConfig
-from patchgd_kit.runs.training import evaluate_run, lr_lambda, train
+from patchgd_kit.runs.optim import lr_lambda
+from patchgd_kit.runs.training import evaluate_run, train
 
 SMALL = dict(backbone="mobilenet_v2", image_size=64, patch_size=32, batch_size=5, warmup_epochs=1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +142,7 @@ def test_data_of_another_image_size_is_refused(tiny_data, tmp_path):
 def test_trunk_lr_scale_slows_exactly_the_weights_file_s_trunk(method, backbone, tmp_path):
     from patchgd_kit.core.methods import build_model
     from patchgd_kit.core.models import torchvision_model
-    from patchgd_kit.runs.training import make_optimizer
+    from patchgd_kit.runs.optim import make_optimizer
     model = build_model(method, backbone, 10, 64, 32)
     config = TrainConfig(method=method, backbone=backbone, image_size=64, patch_size=32, lr=1e-3, trunk_lr_scale=0.1)
     fast, slow = make_optimizer(model, config, torch.device("cpu")).param_groups

@@ -159,85 +159,95 @@ def _reforward_in(module: nn.Module, amp_dtype: torch.dtype | None):
             handle.remove()
 
 
+def _triple(value):
+    """lightstream's own 3-tuple (a pair (2, 2) becomes (0, 2, 2), as its stride products expect)."""
+    from lightstream.core.scnn.utils import _ntuple
+    return _ntuple(3)(value)
+
+
+class _ExactStatistics:
+    """What ExactStreamingCNN changes in lightstream's StreamingCNN: exact statistics on the module's
+    device (module docstring), autocast and the re-forward's precision. A mixin, so that lightstream is
+    imported only when a streaming model is built (``_classes``)."""
+    amp_dtype: torch.dtype | None = None
+
+    def _configure(self):
+        state, flags = self._save_parameters(), self._set_cudnn_flags_to_determistic()
+        grad_mode = torch.is_grad_enabled()  # the library's statistics switch it off and leave it so
+        self._reset_parameters_to_constant()
+        self._add_hooks_for_statistics()
+        self._stats_per_grad_fn = {}
+        tile = torch.zeros(self.tile_shape, dtype=self.dtype, device=self.device, requires_grad=True)
+        try:
+            with _neutral_batchnorm(self.stream_module):
+                self._gather_forward_statistics(tile)
+                self._gather_backward_statistics(tile)
+        finally:
+            self._remove_hooks()
+            self._hooks = []
+            self._restore_parameters(state)
+            self._set_cudnn_flags(*flags)
+            torch.set_grad_enabled(grad_mode)
+        self._convert_modules_for_streaming(self.stream_module)
+        self._add_hooks_for_streaming()
+        self._saved_tensors = {}
+        del self._stats_per_grad_fn
+        for param in self.stream_module.parameters():
+            param.grad = None
+
+    def _gather_forward_statistics(self, tile):
+        with torch.no_grad():
+            output = self.stream_module(tile)
+        self.tile_output_lost = valid_lost(output.sum(1)[0] > 0, "the trunk's output")
+
+    def _forward_gather_statistics_hook(self, module, inputs, output):
+        if torch.is_grad_enabled():  # the library's second pass: output strides per layer
+            return super()._forward_gather_statistics_hook(module, inputs, output)
+        contaminated = spread_forward(inputs[0].sum(1)[0] > 0, module)
+        output.copy_(contaminated.to(output.dtype).expand_as(output))
+        self._module_stats[module] = {"lost": valid_lost(contaminated, str(module)),
+                                      "stride": _triple(module.stride), "module": module}
+
+    def _gather_backward_statistics(self, tile):
+        with torch.enable_grad():
+            output = self.stream_module(tile)
+            self._tile_output_shape = output.shape
+            lost = self.tile_output_lost
+            contamination = torch.ones_like(output)  # what the crop leaves out: missing gradient
+            contamination[:, :, lost.top:output.shape[2] - lost.bottom, lost.left:output.shape[3] - lost.right] = 0
+            output.backward(contamination)
+        stats = self._prev_stats(output)
+        self.output_stride = (stats["output_stride"] * torch.tensor(stats["stride"]) if stats
+                              else torch.tensor([1, 1, 1]))
+        self.tile_gradient_lost = valid_lost(tile.grad.sum(1)[0] > 0, "the input tile")
+        lost, side = self.tile_gradient_lost, self.tile_shape[2]
+        if (side - lost.top - lost.bottom) // int(self.output_stride[1]) < 1:
+            raise KitError(f"tile too small: {side} px leaves {side - lost.top - lost.bottom} px of exact "
+                           f"input gradient, less than the output stride {int(self.output_stride[1])}")
+
+    def _backward_gather_statistics_hook(self, module, grad_in, grad_out):
+        contaminated = grad_out[0].sum(1)[0] > 0
+        self._module_stats[module]["grad_lost"] = valid_lost(contaminated, str(module))
+        if grad_in[0] is None:
+            return None
+        spread = spread_backward(contaminated, module, grad_in[0].shape[2:])
+        return (spread.to(grad_in[0].dtype).expand_as(grad_in[0]).contiguous(), *grad_in[1:])
+
+    def forward(self, image, result_on_cpu=False):
+        with gd.autocast(self.device, self.amp_dtype):
+            return super().forward(image, result_on_cpu)
+
+    def backward(self, image, grad):
+        with _reforward_in(self.stream_module, self.amp_dtype):
+            super().backward(image, grad)
+
+
 @functools.cache
 def _classes():
-    StreamingConstructor, StreamingCNN, Lost = _lightstream()
-    from lightstream.core.scnn.utils import _ntuple
-    triple = _ntuple(3)  # the library's own (a pair (2, 2) becomes (0, 2, 2), as its stride products expect)
+    StreamingConstructor, StreamingCNN, _ = _lightstream()
 
-    class ExactStreamingCNN(StreamingCNN):
+    class ExactStreamingCNN(_ExactStatistics, StreamingCNN):
         """lightstream's StreamingCNN with exact statistics on the module's device (module docstring)."""
-        amp_dtype: torch.dtype | None = None
-
-        def _configure(self):
-            state, flags = self._save_parameters(), self._set_cudnn_flags_to_determistic()
-            grad_mode = torch.is_grad_enabled()  # the library's statistics switch it off and leave it so
-            self._reset_parameters_to_constant()
-            self._add_hooks_for_statistics()
-            self._stats_per_grad_fn = {}
-            tile = torch.zeros(self.tile_shape, dtype=self.dtype, device=self.device, requires_grad=True)
-            try:
-                with _neutral_batchnorm(self.stream_module):
-                    self._gather_forward_statistics(tile)
-                    self._gather_backward_statistics(tile)
-            finally:
-                self._remove_hooks()
-                self._hooks = []
-                self._restore_parameters(state)
-                self._set_cudnn_flags(*flags)
-                torch.set_grad_enabled(grad_mode)
-            self._convert_modules_for_streaming(self.stream_module)
-            self._add_hooks_for_streaming()
-            self._saved_tensors = {}
-            del self._stats_per_grad_fn
-            for param in self.stream_module.parameters():
-                param.grad = None
-
-        def _gather_forward_statistics(self, tile):
-            with torch.no_grad():
-                output = self.stream_module(tile)
-            self.tile_output_lost = valid_lost(output.sum(1)[0] > 0, "the trunk's output")
-
-        def _forward_gather_statistics_hook(self, module, inputs, output):
-            if torch.is_grad_enabled():  # the library's second pass: output strides per layer
-                return super()._forward_gather_statistics_hook(module, inputs, output)
-            contaminated = spread_forward(inputs[0].sum(1)[0] > 0, module)
-            output.copy_(contaminated.to(output.dtype).expand_as(output))
-            self._module_stats[module] = {"lost": valid_lost(contaminated, str(module)),
-                                          "stride": triple(module.stride), "module": module}
-
-        def _gather_backward_statistics(self, tile):
-            with torch.enable_grad():
-                output = self.stream_module(tile)
-                self._tile_output_shape = output.shape
-                lost = self.tile_output_lost
-                contamination = torch.ones_like(output)  # what the crop leaves out: missing gradient
-                contamination[:, :, lost.top:output.shape[2] - lost.bottom, lost.left:output.shape[3] - lost.right] = 0
-                output.backward(contamination)
-            stats = self._prev_stats(output)
-            self.output_stride = (stats["output_stride"] * torch.tensor(stats["stride"]) if stats
-                                  else torch.tensor([1, 1, 1]))
-            self.tile_gradient_lost = valid_lost(tile.grad.sum(1)[0] > 0, "the input tile")
-            lost, side = self.tile_gradient_lost, self.tile_shape[2]
-            if (side - lost.top - lost.bottom) // int(self.output_stride[1]) < 1:
-                raise KitError(f"tile too small: {side} px leaves {side - lost.top - lost.bottom} px of exact "
-                               f"input gradient, less than the output stride {int(self.output_stride[1])}")
-
-        def _backward_gather_statistics_hook(self, module, grad_in, grad_out):
-            contaminated = grad_out[0].sum(1)[0] > 0
-            self._module_stats[module]["grad_lost"] = valid_lost(contaminated, str(module))
-            if grad_in[0] is None:
-                return None
-            spread = spread_backward(contaminated, module, grad_in[0].shape[2:])
-            return (spread.to(grad_in[0].dtype).expand_as(grad_in[0]).contiguous(), *grad_in[1:])
-
-        def forward(self, image, result_on_cpu=False):
-            with gd.autocast(self.device, self.amp_dtype):
-                return super().forward(image, result_on_cpu)
-
-        def backward(self, image, grad):
-            with _reforward_in(self.stream_module, self.amp_dtype):
-                super().backward(image, grad)
 
     class KitConstructor(StreamingConstructor):
         """StreamingConstructor building ExactStreamingCNN (its layer swaps and weight restore kept)."""

@@ -3,7 +3,7 @@ range of every field the kit reads, ``manifest.csv`` row by row.
 
 A split is closed: every image the manifest names is a relative path that, symlinks resolved, stays
 inside the split folder (or inside the image folder its card names in ``params.image_root``: PANDA's
-slides read in place, ``panda.full_resolution_dataset``). Nothing outside is opened. Either file read
+slides read in place, ``pandafull.full_resolution_dataset``). Nothing outside is opened. Either file read
 with a UTF-8 byte-order mark reads as without one; a card larger than MAX_CARD_BYTES, or nested past
 what Python parses, and a manifest field over csv's limit are refused on one line.
 """

@@ -44,7 +44,8 @@ from ..planner.budget import ALLOCATOR_HEADROOM, CUDA_CONTEXT_BYTES
 from ..core.methods import StepSettings, method_of
 from ..runs.profiles import get_profile
 from ..report.tables import init_name
-from ..runs.training import make_optimizer, model_on, step_settings, train
+from ..runs.optim import make_optimizer
+from ..runs.training import model_on, step_settings, train
 
 DRY_OUT = Path("runs/gpu-check-dry")  # dry runs never write into docs/: CI leaves the repository clean
 

@@ -33,7 +33,7 @@ from ..errors import KitError, check_int, check_number
 from ..core.models import backbone_of, classifier_model
 from ..files import check_writable_file, save_torch
 from ..progress import bar_disabled
-from .training import adam
+from .optim import adam
 
 DEFAULT_STEPS = 1000
 MAX_STEPS = 1_000_000  # a bound on one command's work: the cpu profile pretrains 1,200
@@ -52,6 +52,35 @@ def digit_crops(rng: np.random.Generator, pool, image_size: int, crop_size: int,
         x, y = rng.integers(0, crop_size - side + 1, size=2)
         crop[y:y + side, x:x + side] = upscale(images[pick], side)
     return torch.from_numpy(crops), torch.from_numpy(labels[picks])
+
+
+def _train_on_crops(model: torch.nn.Module, pool, settings: dict, progress: bool) -> list[float]:
+    """`settings["steps"]` Adam steps of `model` naming the digit in crops drawn from `pool`; the losses."""
+    backbone, image_size, crop_size, steps, batch_size, lr, seed, min_digit_side = (
+        settings[k] for k in ("backbone", "image_size", "crop_size", "steps", "batch_size", "lr", "seed",
+                              "min_digit_side"))
+    channels_last = backbone == "mobilenet_v2"  # measured 1.4-3.2x faster on CPU (SPEC §7)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = adam(model.parameters(), lr, torch.device("cpu"))
+    # Linear warm-up over 5% of the steps, then linear decay to a tenth.
+    warm = max(1, steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: s / warm if s < warm else 1 - 0.9 * (s - warm) / max(1, steps - warm))
+    losses = []
+    model.train()
+    for step in tqdm(range(steps), desc=f"pretrain {backbone} on digit crops", disable=bar_disabled(progress)):
+        crops, digits = digit_crops(np.random.default_rng([seed, step]), pool, image_size, crop_size,
+                                    batch_size, min_digit_side)
+        x = normalize_uint8(crops)
+        loss = torch.nn.functional.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)
+                                                       if channels_last else x), digits)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+    return losses
 
 
 def pretrain_backbone(backbone: str, image_size: int, crop_size: int, out: str | Path, *, steps: int = DEFAULT_STEPS,
@@ -84,27 +113,8 @@ def pretrain_backbone(backbone: str, image_size: int, crop_size: int, out: str |
     torch.manual_seed(seed)
     pools = load_digit_pools("bundled")
     model = classifier_model(backbone, NUM_CLASSES)
-    channels_last = backbone == "mobilenet_v2"  # measured 1.4-3.2x faster on CPU (SPEC §7)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = adam(model.parameters(), lr, torch.device("cpu"))
-    # Linear warm-up over 5% of the steps, then linear decay to a tenth.
-    warm = max(1, steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: s / warm if s < warm else 1 - 0.9 * (s - warm) / max(1, steps - warm))
-    start, losses = time.perf_counter(), []
-    model.train()
-    for step in tqdm(range(steps), desc=f"pretrain {backbone} on digit crops", disable=bar_disabled(progress)):
-        crops, digits = digit_crops(np.random.default_rng([seed, step]), pools["train"], image_size, crop_size,
-                                    batch_size, min_digit_side)
-        x = normalize_uint8(crops)
-        loss = torch.nn.functional.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)
-                                                       if channels_last else x), digits)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
+    start = time.perf_counter()
+    losses = _train_on_crops(model, pools["train"], settings, progress)
     crops, digits = digit_crops(np.random.default_rng([seed, 2**31]), pools["test"], image_size, crop_size,
                                 test_crops, min_digit_side)
     model.eval()

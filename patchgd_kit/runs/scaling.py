@@ -21,8 +21,8 @@ from .config import TrainConfig
 from ..data.ultramnist import MIN_DIGIT_SIDE, UltraMNIST, ensure_dataset, shrink_dataset
 from ..errors import KitError
 from ..core.methods import uses_patches
-from ..data.panda import (PANDA_CLASSES, PAPER_SIZES, full_resolution_dataset, level_for_downsample,
-                          preprocess_panda, read_train_csv, slide_level_shapes)
+from ..data.panda import PANDA_CLASSES, PAPER_SIZES, preprocess_panda, read_train_csv, slide_level_shapes
+from ..data.pandafull import full_resolution_dataset, level_for_downsample
 from ..paper.numbers import Table
 from ..planner.paperrows import grad_accum_of, paper_plan
 from .profiles import Profile, profile_dataset, profile_dir, profile_weights
@@ -103,7 +103,7 @@ def panda_root_present() -> bool:
 
 
 def full_resolution_data(profile: Profile, side: int) -> Path:
-    """PANDA's slides framed at `side` / panda_scale, read lazily (panda.full_resolution_dataset) from
+    """PANDA's slides framed at `side` / panda_scale, read lazily (pandafull.full_resolution_dataset) from
     their level that is panda_scale times smaller than level 0, as stored (level 0 at the paper's scale;
     PANDA's levels are 4x apart, so the cpu profile's 16 reads level 2). Made once in ``runs/<profile>/data/``."""
     root = os.environ.get(PANDA_ROOT_ENV)

@@ -33,40 +33,9 @@ from ..files import locked, write_json
 from ..progress import bar_disabled
 from ..planner.budget import Plan, limit_cuda_memory, out_of_memory_error, plan_for_config
 from ..core.methods import StepSettings, build_model, method_of, uses_patches
-from ..core.models import trunk_of
+from .optim import lr_lambda, make_optimizer
 from .runfolder import (CHECKPOINT, check_run_folder, claim_run_folder, finished_result, load_checkpoint, note,
                         rng_state, save_checkpoint, save_finished, set_rng_state, write_metrics)
-
-
-def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam as every run and pretraining uses it (no weight decay: the official code). On a CPU, the
-    fused kernel: the same update, and one step over ResNet50's 25 M parameters took 12 ms against
-    the default's 56 on 2 cores, where its forward and backward of 3 images at 64 px took 93
-    (docs/cpu-scale.md §10; `benchmarks/bench_adam.py`). Elsewhere the default: the Adam whose memory
-    the planner measures."""
-    return torch.optim.Adam(params, lr=lr, fused=True if device.type == "cpu" else None)
-
-
-def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Adam without weight decay (the official code): the new layers at lr (group 0, the lr the
-    metrics report), the pretrained trunk at lr × trunk_lr_scale (group 1)."""
-    trunk = {id(p) for p in trunk_of(model, config.backbone).parameters()}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in trunk], "lr": config.lr},
-              {"params": [p for p in model.parameters() if id(p) in trunk], "lr": config.lr * config.trunk_lr_scale}]
-    return adam(groups, config.lr, device)
-
-
-def lr_lambda(config: TrainConfig, batches_per_epoch: int) -> Callable[[int], float]:
-    """Linear warm-up from 0 over `warmup_epochs`, then linear decay to `final_lr_fraction` of the
-    peak at the end of training; one step per batch."""
-    warm = config.warmup_epochs * batches_per_epoch
-    total = config.epochs * batches_per_epoch
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return step / warm
-        return 1 - (1 - config.final_lr_fraction) * (step - warm) / max(1, total - warm)
-    return factor
 
 
 def _check_data(dataset: UltraMNIST, config: TrainConfig) -> None:
@@ -344,20 +313,19 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
     out, processes = Path(check_path("--out", out)), distributed.from_env()
     check_run_folder(out, config)  # someone else's folder is refused before anything is read or written
     datasets = load_datasets(config)
-    if config.batch_size is not None and not restart:
-        # A finished run is read back as it is: checking its batch against the budget again (a
-        # fake-tensor trace, about a second) would only repeat the check it passed when it trained.
-        finished = finished_result(out, config)
-        if finished is not None:
-            return finished
     plan = None
-    if config.memory_budget is not None:  # plan the batch, or refuse a given one that does not fit
+    if config.batch_size is None:  # the batch is the plan's (validate: a budget is there)
         plan = plan_for_config(config)
         config = dataclasses.replace(config, batch_size=plan.batch_size)
-    _check_batch(config, len(datasets[0]), processes)
+    # Finished? Decided here, once the run's key (its batch) is known, and again under the folder's
+    # lock in claim(), for a run another process finished meanwhile. A finished run is read back as it
+    # is: checking a given batch against the budget (a fake-tensor trace) would repeat a passed check.
     finished = None if restart else finished_result(out, config)
     if finished is not None:
         return finished
+    if plan is None and config.memory_budget is not None:  # a given batch: refused if it does not fit
+        plan = plan_for_config(config)
+    _check_batch(config, len(datasets[0]), processes)
     device = distributed.device_for(resolve_device(config.device), processes)
     _seed_everything(config.seed)
     if device.type == "cuda":  # before the first CUDA allocation; lifts an earlier run's cap without a budget

@@ -35,7 +35,8 @@ from ...planner.budget import BudgetTooSmall, parse_budget, plan
 from ...planner.estimate import estimate_peak
 from ...core.methods import method_of
 from ...runs.profiles import Profile, profile_dir, profile_weights
-from ...runs.training import make_optimizer, model_on, step_settings
+from ...runs.optim import make_optimizer
+from ...runs.training import model_on, step_settings
 
 
 @dataclass(frozen=True)
