@@ -5,7 +5,7 @@
 Reads ``<root>/train.csv`` and ``<root>/train_images/<image_id>.tiff``; writes
 ``<out>/<size>px/{train,test}/`` (images, manifest.csv, card.json) and ``<out>/skipped.csv``.
 Rerunning resumes (finished slides are skipped). Bad input prints one line on stderr and exits 2.
-The function is patchgd_kit.panda.preprocess_panda.
+The function is patchgd_kit.data.panda.preprocess_panda.
 
 Beyond the paper: ``--full-resolution SIDE`` writes ``<out>/{train,test}/`` whose images are the
 slides' level 0 framed on a white SIDE px square, read a patch at a time by PatchGD (no downscale,
@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from patchgd_kit.errors import KitError  # noqa: E402
-from patchgd_kit.panda import PAPER_SIZES, full_resolution_dataset, preprocess_panda  # noqa: E402
+from patchgd_kit.data.panda import PAPER_SIZES, preprocess_panda  # noqa: E402
+from patchgd_kit.data.pandafull import full_resolution_dataset  # noqa: E402
 
 
 def _level(text: str):

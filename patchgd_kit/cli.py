@@ -207,7 +207,7 @@ def add_plan(p) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--ship", action="store_true",
                    help="for developers: plan every row of the paper's tables (and GD's alternatives) at the paper's "
-                        "scale and write patchgd_kit/paper_plans.json, which the reproduction reads instead of planning; "
+                        "scale and write patchgd_kit/planner/paper_plans.json, which the reproduction reads instead of planning; "
                         "needed after a change to the planner or a step it traces (a test says so)")
 
 

@@ -143,7 +143,7 @@ def test_rows_not_in_the_paper_are_gds_rows_as_its_alternatives():
 
 def test_a_downscaled_row_plans_patchgds_batch_and_runs_at_its_side_scaled(tmp_path, monkeypatch):
     monkeypatch.setenv("KIT_RUNS", str(tmp_path))
-    monkeypatch.setattr(paperplans, "SHIPPED", tmp_path / "none.json")  # plan, not read the kit's plans
+    monkeypatch.setattr(paperrows, "SHIPPED", tmp_path / "none.json")  # plan, not read the kit's plans
     table = PAPER["table2"]
     row = next(r for r in BEYOND["table2"] if r.id == "gd-downscaled_16gb")
     plan = paperrows.paper_plan(table.settings(row), tmp_path / "plans.json")

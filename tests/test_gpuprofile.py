@@ -23,7 +23,7 @@ def fake_plans(rows, cache):
 def tiny_gpu(tmp_path, monkeypatch):
     """KIT_RUNS in tmp_path, the planner faked, ImageNet weights unavailable (as offline)."""
     monkeypatch.setenv("KIT_RUNS", str(tmp_path))
-    monkeypatch.setattr(reproduce, "paper_plans", fake_plans)
+    monkeypatch.setattr(tableruns, "paper_plans", fake_plans)
     monkeypatch.setattr(scaling, "paper_plan", lambda settings, cache: fake_plans([settings], cache)[0])
     monkeypatch.setattr(profiles, "imagenet_unavailable", lambda backbone: "URLError: no network (test)")
     monkeypatch.setattr(profiles, "_FALLBACK_SAID", set())
@@ -87,7 +87,7 @@ def test_reproduce_leaves_out_the_notebooks_the_profile_skips_and_says_why(capsy
 
 def test_the_dry_gpu_check_runs_the_profile_slice_and_records_the_hour(tmp_path, monkeypatch):
     monkeypatch.setenv("KIT_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setattr(reproduce, "paper_plans", fake_plans)
+    monkeypatch.setattr(tableruns, "paper_plans", fake_plans)
     monkeypatch.setattr(scaling, "paper_plan", lambda settings, cache: fake_plans([settings], cache)[0])
     monkeypatch.setattr(profiles, "imagenet_unavailable", lambda backbone: "URLError: no network (test)")
     rows = [r for r in gpu_rows.dry_plan(gpu_rows.paper_plan()) if r.section == "slice"]

@@ -113,7 +113,7 @@ def test_fallback_warns_and_stays_close(fresh_caches, monkeypatch):
 
     def unsupported():
         raise NotImplementedError("aten::some_op has no fake kernel")
-    monkeypatch.setattr(memory, "fake_mode", unsupported)
+    monkeypatch.setattr(planner_estimate, "fake_mode", unsupported)
     with pytest.warns(UserWarning, match="falling back to saved-tensor accounting"):
         fallback = planner_estimate.estimate_peak("gd", "mobilenet_v2", 128, 8)
     assert fallback.estimator == "saved-tensors"
@@ -121,7 +121,7 @@ def test_fallback_warns_and_stays_close(fresh_caches, monkeypatch):
 
 
 def test_missing_private_apis_take_the_fallback(fresh_caches, monkeypatch):
-    monkeypatch.setattr(livebytes, "PRIVATE_API_ERROR", ImportError("FakeTensorMode moved"))
+    monkeypatch.setattr(bytecount, "PRIVATE_API_ERROR", ImportError("FakeTensorMode moved"))
     with pytest.warns(UserWarning, match="FakeTensorMode moved"):
         assert planner_estimate.estimate_peak("gd", "mobilenet_v2", 64, 2).estimator == "saved-tensors"
 

@@ -447,7 +447,7 @@ def test_precision_column_says_what_the_run_recorded_not_this_machine(monkeypatc
 
 def test_tables_name_the_standin_in_the_title_and_every_row(tmp_path, monkeypatch):
     monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(report, "run_latency", lambda result, profile: {
+    monkeypatch.setattr(tables, "run_latency", lambda result, profile: {
         "images_per_s": 12.345, "device": "CPU (2 threads)"})
     data = scaling.PandaData("stand-in", "stand-in, not PANDA: made up", 10, {})
     profile = get_profile("smoke")

@@ -143,8 +143,8 @@ def test_gds_alternatives_are_trained_where_the_profile_or_the_caller_says():
 def test_reproduce_passes_alternatives_to_the_notebooks_that_declare_it(tmp_path, monkeypatch):
     from patchgd_kit.face.teaching import notebook_runs
     given = {}
-    monkeypatch.setattr(notebook, "run_notebook", lambda path, out, parameters, **kw: given.update({path.name[:2]: parameters}))
-    monkeypatch.setattr(reproduce, "write_report", lambda target, title: target / "REPORT.md")
+    monkeypatch.setattr(reproduce_notebooks, "run_notebook", lambda path, out, parameters, **kw: given.update({path.name[:2]: parameters}))
+    monkeypatch.setattr(reproduce_notebooks, "write_report", lambda target, title: target / "REPORT.md")
     assert main(["reproduce", "--profile", "smoke", "--out", str(tmp_path), "--only", "03,07", "--alternatives"]) == 0
     assert given["07"] == {"profile": "smoke", "seeds": 1, "alternatives": True}
     assert "alternatives" not in given["03"]
@@ -154,12 +154,12 @@ def test_reproduce_passes_alternatives_to_the_notebooks_that_declare_it(tmp_path
 
 def test_plans_are_cached_on_disk(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(paperplans, "SHIPPED", tmp_path / "none.json")  # plan, not read the kit's plans
+    monkeypatch.setattr(paperrows, "SHIPPED", tmp_path / "none.json")  # plan, not read the kit's plans
 
     def fake_plan(*args, **kwargs):
         calls.append(args)
         return SimpleNamespace(batch_size=32, k=None, estimated_peak_bytes=2**33, estimator="fake")
-    monkeypatch.setattr(paperplans, "plan", fake_plan)
+    monkeypatch.setattr(paperrows, "plan", fake_plan)
     settings = PAPER["table1"].settings(PAPER["table1"].row("gd_16gb"))
     first = paperrows.paper_plan(settings, tmp_path / "plans.json")
     again = paperrows.paper_plan(settings, tmp_path / "plans.json")
@@ -266,7 +266,7 @@ def test_missing_plans_are_made_in_parallel_as_one_process_makes_them_and_as_shi
     rows = [table.settings(table.row(r)) for r in ("gd_16gb", "gd_4gb")]
     shipped = paperrows.paper_plans(rows, tmp_path / "shipped.json")
     assert not (tmp_path / "shipped.json").exists()  # read from the kit's paper_plans.json, nothing planned
-    monkeypatch.setattr(paperplans, "SHIPPED", tmp_path / "none.json")
+    monkeypatch.setattr(paperrows, "SHIPPED", tmp_path / "none.json")
     parallel = paperrows.paper_plans(rows, tmp_path / "two.json", workers=2)
     assert parallel == paperrows.paper_plans(rows, tmp_path / "one.json", workers=1) == shipped
     assert [p["batch_size"] for p in parallel] == [36, 8]  # the planner's MobileNetV2 batches at 512 px

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from patchgd_kit.data import UltraMNIST
-from patchgd_kit.methods import StepSettings, build_model, method_of
-from patchgd_kit.runfolder import load_checkpoint
-from patchgd_kit.training import evaluate, evaluate_run
+from patchgd_kit.data.ultramnist import UltraMNIST
+from patchgd_kit.core.methods import StepSettings, build_model, method_of
+from patchgd_kit.runs.runfolder import load_checkpoint
+from patchgd_kit.runs.training import evaluate, evaluate_run
 
 
 def recompute_statistics(model, method: str, dataset, images: int, batch: int) -> None:

@@ -15,9 +15,9 @@ import time
 import numpy as np
 from trunk_downstream import curve, paired  # the sibling probe's helpers (same folder)
 
-from patchgd_kit import scaling, store
-from patchgd_kit.paper import PAPER
-from patchgd_kit.profiles import get_profile, profile_dir
+from patchgd_kit.runs import scaling, store
+from patchgd_kit.paper.numbers import PAPER
+from patchgd_kit.runs.profiles import get_profile, profile_dir
 
 
 def variants(table, row, profile):

@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from patchgd_kit import scaling, store
-from patchgd_kit.paper import PAPER
-from patchgd_kit.profiles import get_profile, profile_dir
+from patchgd_kit.runs import scaling, store
+from patchgd_kit.paper.numbers import PAPER
+from patchgd_kit.runs.profiles import get_profile, profile_dir
 
 
 def correct(run: dict) -> np.ndarray:

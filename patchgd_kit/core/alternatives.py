@@ -17,8 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import KitError
 from .models import backbone_of, classifier_model
+from ..errors import KitError
 
 
 @contextlib.contextmanager

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from . import alternatives, gd, patchgd, streaming
-from ..errors import KitError
 from .models import GDExtended, PatchGDModel, backbone_of, classifier_model
+from ..errors import KitError
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from ..errors import KitError
 from .patches import grid_shape
+from ..errors import KitError
 
 LATENT_DIM = 256  # s: the official code's latent size
 

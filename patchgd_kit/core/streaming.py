@@ -31,8 +31,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import gd
-from ..errors import KitError
 from .models import backbone_of, classifier_model
+from ..errors import KitError
 
 LIGHTSTREAM_VERSION = "1.0.7"
 # Input-gradient border (top + bottom) that no tile knows exactly, measured with the exact statistics

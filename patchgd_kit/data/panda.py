@@ -30,11 +30,11 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .tiled import pyramid
 from .ultramnist import SHRINK, SPLITS, csv_text, kit_version, save_png
 from ..errors import KitError, check_int
 from ..files import write_json, write_text
 from ..progress import bar_disabled
-from .tiled import pyramid
 
 PANDA_COLUMNS = ("image_id", "data_provider", "isup_grade", "gleason_score")
 PANDA_CLASSES = 6  # ISUP grade groups 0-5

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import KitError, check_int
-from ..files import building, locked, write_json, write_text
 from .panda import (PANDA_CLASSES, RECIPE_VERSION, WHITE, channel_stats, read_slide, read_train_csv,
                     slide_level_shapes, split_slides)
 from .tiled import TiledImage
 from .ultramnist import SPLITS, csv_text, kit_version
+from ..errors import KitError, check_int
+from ..files import building, locked, write_json, write_text
 
 
 def level_for_downsample(shapes: list[tuple[int, ...]], downsample: int) -> int:

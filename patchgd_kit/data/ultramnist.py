@@ -33,11 +33,11 @@ from .digits import (HALF_SIZE_PROB, LAYOUT_RESTARTS, MAX_IMAGE_SIZE, MAX_TILED_
                      MIN_IMAGE_SIZE, MNIST_MEAN, MNIST_STD, NUM_CLASSES, PLACEMENT_TRIES, RECIPE_VERSION,
                      REFERENCE_SIZE, SCALE_FACTORS, SCALE_WEIGHTS, SPLITS, draw_layout, generate_image,
                      load_digit_pools, paint)
+from .splitfiles import read_card, read_manifest
+from .tiled import TiledImage, check_tile, normalize_uint8, write_tiled
 from ..errors import KitError, check_int
 from ..files import building, locked, write_json
 from ..progress import bar_disabled
-from .splitfiles import read_card, read_manifest
-from .tiled import TiledImage, check_tile, normalize_uint8, write_tiled
 
 MAX_PER_CLASS = 100_000  # a bound on one command's work: the paper's split has 1,000 per class
 

@@ -18,9 +18,9 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from ..core.patches import grid_shape, sample_schedule, schedule_for
 from ..data import digits
 from ..data.ultramnist import UltraMNIST
-from ..core.patches import grid_shape, sample_schedule, schedule_for
 from .schematic import figure3_schematic  # noqa: F401 (the notebooks' one place for figures)
 
 # Cell states in Algorithm 1, one colour each in every schedule picture.

@@ -17,12 +17,12 @@ import torch
 from IPython import get_ipython
 from IPython.display import display
 
-from . import curves, viz
-from .teaching import watch
-from ..runs.config import TrainConfig
 from ..data.digits import generate_image
 from ..errors import KitError
+from . import curves, viz
+from .teaching import watch
 from .teaching.notebook_runs import peak_memory_estimates
+from ..runs.config import TrainConfig
 
 
 # What a frontend with a widget manager sends with each execute request: JupyterLab and Notebook 7

@@ -29,22 +29,22 @@ from typing import Callable
 
 import torch
 
-from ..planner import budget
-from ..planner.estimate import estimate_peak
-from ..runs.config import TrainConfig
+from ..core.methods import StepSettings, method_of
 from ..data.ultramnist import ensure_dataset
 from ..errors import KitError
 from ..files import check_writable_folder
 from .estimate import estimate
-from .rows import Row, dry_plan, paper_plan
 from .report import CHECKS_DIR, write_report
-from ..report.latency import device_name, measure_latency
-from ..planner.bytecount import LiveBytes
+from .rows import Row, dry_plan, paper_plan
+from ..planner import budget
 from ..planner.budget import ALLOCATOR_HEADROOM, CUDA_CONTEXT_BYTES
-from ..core.methods import StepSettings, method_of
-from ..runs.profiles import get_profile
+from ..planner.bytecount import LiveBytes
+from ..planner.estimate import estimate_peak
+from ..report.latency import device_name, measure_latency
 from ..report.tables import init_name
+from ..runs.config import TrainConfig
 from ..runs.optim import make_optimizer
+from ..runs.profiles import get_profile
 from ..runs.training import model_on, step_settings, train
 
 DRY_OUT = Path("runs/gpu-check-dry")  # dry runs never write into docs/: CI leaves the repository clean

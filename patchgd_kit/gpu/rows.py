@@ -8,8 +8,8 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 
-from ..planner.budget import format_bytes
 from ..core.methods import uses_patches
+from ..planner.budget import format_bytes
 
 # What the check measures, one section each, in the order of the report.
 SECTIONS = ("peak", "budget", "over-budget", "fp16-epoch", "speed", "latency", "slice")

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import torch
 
 from ..core import streaming
-from ..errors import KitError
-from .estimate import BatchCannotTrain, estimate_peak
-from .budget import Plan, format_bytes, parse_budget, plan, usable_bytes
 from ..core.models import backbone_of
 from ..core.patches import patches_per_iteration
+from ..errors import KitError
+from .budget import Plan, format_bytes, parse_budget, plan, usable_bytes
+from .estimate import BatchCannotTrain, estimate_peak
 
 FP32 = 4
 

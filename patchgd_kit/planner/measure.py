@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from ..core import patchgd
-from ..errors import KitError
 from ..core.methods import StepSettings, build_model, method_of
 from ..core.patchgd import fill_z
 from ..data.tiled import LazyBatch, TiledImage, normalize_uint8
+from ..errors import KitError
 
 
 def measure_step(image, backbone: str, *, patch_size: int, k: int, inner_iterations: int = 1, batch_size: int = 1,

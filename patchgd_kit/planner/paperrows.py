@@ -20,14 +20,14 @@ import torchvision
 
 from ..core import alternatives as alternative_steps
 from ..core import gd, methods, models, patches, patchgd
+from ..core.methods import method_of, uses_patches
+from ..core.patches import schedule_for
+from ..files import content_hash, write_text
+from ..paper.beyond import BEYOND, reads_full_resolution, rows_of
+from ..paper.numbers import PAPER, ZETA
 from . import alternatives, budget, bytecount, estimate
 from .alternatives import downscaled_side_for
-from ..paper.beyond import BEYOND, reads_full_resolution, rows_of
-from ..files import content_hash, write_text
 from .budget import BudgetTooSmall, format_bytes, plan
-from ..core.methods import method_of, uses_patches
-from ..paper.numbers import PAPER, ZETA
-from ..core.patches import schedule_for
 
 # The code a plan depends on: the planner and every step it traces on fake tensors. A change in any
 # of them (or another torch) changes the plans' keys, so nothing stale is ever read back.

@@ -11,8 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..files import atomic_write, write_text
-from .orderings import RowResult, format_mean_std, orderings_markdown, term_values
 from ..paper.numbers import FIGURE2, budget_text
+from .orderings import RowResult, format_mean_std, orderings_markdown, term_values
 from .tables import init_from_notes, init_name, markdown, run_label
 
 

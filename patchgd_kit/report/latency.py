@@ -12,13 +12,13 @@ import time
 
 import torch
 
-from ..runs.config import TrainConfig, autocast_dtype, precision, resolve_device
-from ..files import write_json
 from ..core.methods import StepSettings, build_model, method_of, uses_patches
 from ..core.models import count_parameters
-from .orderings import RowResult
 from ..data.panda import PANDA_CLASSES
+from ..files import write_json
 from ..paper.numbers import PAPER
+from .orderings import RowResult
+from ..runs.config import TrainConfig, autocast_dtype, precision, resolve_device
 from ..runs.profiles import Profile, get_profile, profile_dir
 from ..runs.store import run_folder
 from ..runs.training import model_on

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..runs.config import TrainConfig
 from ..paper.numbers import Row, Table, Term, budget_text
+from ..runs.config import TrainConfig
 
 
 @dataclass

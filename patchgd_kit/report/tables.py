@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..paper.beyond import NOT_IN_PAPER, is_beyond
-from ..runs.config import precision
-from ..files import write_text
 from ..core.methods import uses_patches
+from ..files import write_text
+from ..paper.beyond import NOT_IN_PAPER, is_beyond
+from ..paper.numbers import OUTPUTS, budget_text
 from .latency import LATENCY_REPEATS, LATENCY_WARMUP, paper_parameters_m, run_latency
 from .orderings import RowResult, format_mean_std, mean_std, orderings_markdown
-from ..paper.numbers import OUTPUTS, budget_text
+from ..runs.config import precision
+from ..runs.pretrain import load_weights_card
 from ..runs.profiles import Profile
 from ..runs.scaling import PandaData
-from ..runs.pretrain import load_weights_card
 
 GiB = 2**30
 INIT = {None: "random", "none": "random", "imagenet": "ImageNet"}

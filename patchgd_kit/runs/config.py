@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data.digits import MAX_IMAGE_SIZE, MAX_TILED_IMAGE_SIZE
-from ..errors import KitError, check_int, check_number
 from ..core.methods import METHODS, method_of, uses_patches
 from ..core.models import BACKBONES
 from ..core.patches import grid_shape, schedule_for
+from ..data.digits import MAX_IMAGE_SIZE, MAX_TILED_IMAGE_SIZE
+from ..errors import KitError, check_int, check_number
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which train() calls, takes no more
 # Bounds on what one command may be asked to do, so that no input runs for ever.

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.ultramnist import normalize_uint8
+from ..core.models import backbone_of, classifier_model
 from ..data.digits import (MAX_IMAGE_SIZE, MIN_DIGIT_SIDE, NUM_CLASSES, digit_side, draw_scale_factors,
                            load_digit_pools, upscale)
+from ..data.ultramnist import normalize_uint8
 from ..errors import KitError, check_int, check_number
-from ..core.models import backbone_of, classifier_model
 from ..files import check_writable_file, save_torch
 from ..progress import bar_disabled
 from .optim import adam

@@ -100,20 +100,10 @@ PROFILES: dict[str, Profile] = {
         weights="digits", pretrain_steps=100, trunk_lr_scale=0.1, description="fits Binder's 1-2 GB of RAM and its 1 CPU",
         wall_budget="384MiB", wall_per_class_test=8,  # the wall beside the kernel in 2 GB
     ),
-    # cpu: designed to learn on 2 CPU cores, every run above chance. The aim was the hour; the measured
-    # design takes about two (README's profile table; docs/cpu-scale.md has every attempt, its curve and minutes).
-    # At 128 px with the recipe's 4-7 px digits and random init every method stayed at chance; what
-    # moves the runs is readable digits (floor 24 px: f <= 3 drawn at 24 px, the mix above kept), a
-    # backbone pretrained on single digits (the stand-in for ImageNet; the rows gain 8 points from it:
-    # 2,400 steps at lr 1e-3 name 95-96% of held-out digits, 800 steps 88%; 1,200 steps at 3e-3 name as
-    # many in half the time, and the rows measured downstream did as well or better, §12) fine-tuned at
-    # a tenth of the lr, many distinct images (4,500 x 2 epochs beat 1,500 x 6) and 4x more optimizer
-    # steps (every planned batch x 1/4: the budgets' ratios stay). ResNet50 costs 4-6x MobileNetV2 per
-    # image here, so its rows run at half the side, on fewer images, with digits of at least 16 px
-    # (12 px: its trunk names 72% of digits; 16 px: 85%), a trunk pretrained 750 steps at 3e-3 (91-94%
-    # of digits, as 1,500 at 1e-3; 600 at 1e-3: 85%, and its 16 GB rows 6-7 points lower), and batches
-    # x 1/2 (x 1/4 gave its 4 GB rows 2 and 6 images a step: 12 images/s and no learning; x 1/2 runs all
-    # four rows in 2/3 of the time).
+    # cpu: designed to learn on 2 CPU cores, every run above chance: readable digits, backbones pretrained
+    # on single digits and fine-tuned at a tenth of the lr, many distinct images, more optimizer steps;
+    # ResNet50 rows at half the side. Why each value, measured: docs/cpu-scale.md ("The cpu profile's
+    # values and why", moved from here, and §1-13).
     "cpu": Profile(
         name="cpu", image_size=128, patch_size=64, min_digit_side=24, per_class_train=450, per_class_test=50,
         epochs=2, warmup_epochs=0.5, sampling=0.25, max_sampled=1.0, panda_scale=16, panda_grid_scale=4,

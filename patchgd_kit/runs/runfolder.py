@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import TrainConfig
 from ..data.ultramnist import kit_version
 from ..errors import KitError
 from ..files import atomic_write, content_hash, save_torch, write_json
+from .config import TrainConfig
 
 
 CHECKPOINT, PREVIOUS, MARKER, LOCK = "checkpoint.pt", "checkpoint.prev.pt", ".patchgd-run", ".lock"

@@ -16,15 +16,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paper.beyond import reads_full_resolution
-from .config import TrainConfig
-from ..data.ultramnist import MIN_DIGIT_SIDE, UltraMNIST, ensure_dataset, shrink_dataset
-from ..errors import KitError
 from ..core.methods import uses_patches
 from ..data.panda import PANDA_CLASSES, PAPER_SIZES, preprocess_panda, read_train_csv, slide_level_shapes
 from ..data.pandafull import full_resolution_dataset, level_for_downsample
+from ..data.ultramnist import MIN_DIGIT_SIDE, UltraMNIST, ensure_dataset, shrink_dataset
+from ..errors import KitError
+from ..paper.beyond import reads_full_resolution
 from ..paper.numbers import Table
 from ..planner.paperrows import grad_accum_of, paper_plan
+from .config import TrainConfig
 from .profiles import Profile, profile_dataset, profile_dir, profile_weights
 from .store import run_trunk_path
 

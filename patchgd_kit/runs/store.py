@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .config import TrainConfig
+from ..core.models import backbone_of
 from ..errors import KitError
 from ..files import content_hash, save_torch
-from ..core.models import backbone_of
+from .config import TrainConfig
 from .runfolder import load_checkpoint
 from .training import train
 

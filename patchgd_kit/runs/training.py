@@ -23,16 +23,16 @@ import torch
 from sklearn.metrics import cohen_kappa_score
 from tqdm.auto import tqdm
 
-from . import distributed
-from .config import TrainConfig, autocast_dtype, precision, resolve_device, use_channels_last, validate_device
-from ..data.ultramnist import UltraMNIST
+from ..core.methods import StepSettings, build_model, method_of, uses_patches
 from ..data.tiled import collate
-from .distributed import Processes
+from ..data.ultramnist import UltraMNIST
 from ..errors import KitError, check_path
 from ..files import locked, write_json
-from ..progress import bar_disabled
 from ..planner.budget import Plan, limit_cuda_memory, out_of_memory_error, plan_for_config
-from ..core.methods import StepSettings, build_model, method_of, uses_patches
+from ..progress import bar_disabled
+from . import distributed
+from .config import TrainConfig, autocast_dtype, precision, resolve_device, use_channels_last, validate_device
+from .distributed import Processes
 from .optim import lr_lambda, make_optimizer
 from .runfolder import (CHECKPOINT, check_run_folder, claim_run_folder, finished_result, load_checkpoint, note,
                         rng_state, save_checkpoint, save_finished, set_rng_state, write_metrics)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ...data.ultramnist import UltraMNIST
-from ...planner.estimate import estimate_peak
-from ...runs.config import TrainConfig
 from ...core.methods import build_model, uses_patches
 from ...core.models import count_parameters
+from ...data.ultramnist import UltraMNIST
 from ...paper.numbers import PAPER
+from ...planner.estimate import estimate_peak
+from ...runs.config import TrainConfig
 from ...runs.profiles import Profile, get_profile, profile_dir
 from ...runs.scaling import row_config
 from ...runs.store import run_folder

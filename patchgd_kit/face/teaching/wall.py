@@ -27,15 +27,15 @@ from pathlib import Path
 
 import torch
 
-from ...planner.alternatives import downscaled_side_for
-from ...runs.config import TrainConfig, resolve_device
+from ...core.methods import method_of
 from ...data.ultramnist import ensure_dataset
 from ...errors import KitError
+from ...planner.alternatives import downscaled_side_for
 from ...planner.budget import BudgetTooSmall, parse_budget, plan
 from ...planner.estimate import estimate_peak
-from ...core.methods import method_of
-from ...runs.profiles import Profile, profile_dir, profile_weights
+from ...runs.config import TrainConfig, resolve_device
 from ...runs.optim import make_optimizer
+from ...runs.profiles import Profile, profile_dir, profile_weights
 from ...runs.training import model_on, step_settings
 
 

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from ...core import patchgd
-from ...errors import KitError
 from ...core.models import ZHead
 from ...core.patches import grid_shape, patch_grid, sample_schedule
+from ...errors import KitError
 
 
 @dataclass
