@@ -10,7 +10,7 @@ On disk a split is ``<out>/<split>/`` with ``images/NNNNNN.png`` (grey, 8 bit; w
 sibling folder and renamed at the end: a split folder either is complete or does not exist.
 
 The Dataset reads any split in this format; a tiled split's items are ``tiled.TiledImage`` handles,
-read a patch at a time by PatchGD (``tiled.collate`` batches them). Other datasets (PANDA, patchgd_kit/panda.py) store RGB
+read a patch at a time by PatchGD (``tiled.collate`` batches them). Other datasets (PANDA, patchgd_kit/data/panda.py) store RGB
 images and say so in their card: ``num_classes`` and ``normalization`` ({"mean": [r, g, b],
 "std": [r, g, b]}); a card without them is UltraMNIST's (10 classes, grey, MNIST mean/std).
 """
