@@ -8,6 +8,7 @@ from pathlib import Path
 from ...core.methods import build_model, uses_patches
 from ...core.models import count_parameters
 from ...data.ultramnist import UltraMNIST
+from ...errors import KitError
 from ...paper.numbers import PAPER
 from ...planner.estimate import estimate_peak
 from ...runs.config import TrainConfig
