@@ -28,7 +28,7 @@ from patchgd_kit.methods import build_model  # noqa: E402
 from patchgd_kit.patches import grid_shape, inner_iterations, patch_view, patches_per_iteration  # noqa: E402
 from patchgd_kit.profiles import get_profile  # noqa: E402
 from patchgd_kit.config import TrainConfig, use_channels_last  # noqa: E402
-from patchgd_kit.training import adam  # noqa: E402
+from patchgd_kit.training import adam, keep_freed_memory  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -81,7 +81,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-generator", action="store_true", help="leave out the generator's figures")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="training.keep_freed_memory() first (glibc keeps freed heap; docs/performance.md)")
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        print(f"keep_freed_memory: {keep_freed_memory()}")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, load average "

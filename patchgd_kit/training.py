@@ -9,6 +9,7 @@ is finished, returns its saved result.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import math
 import random
@@ -45,6 +46,31 @@ def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
     (docs/cpu-scale.md §10; `benchmarks/bench_adam.py`). Elsewhere the default: the Adam whose memory
     the planner measures."""
     return torch.optim.Adam(params, lr=lr, fused=True if device.type == "cpu" else None)
+
+
+def keep_freed_memory() -> bool:
+    """On Linux with glibc: keep freed heap memory in the process for the next step instead of giving it
+    back to the system and faulting it in again (zeroed pages). Algorithm 1 frees and reallocates every
+    activation and gradient ζ times a batch, at two sizes (the fill's B·m·n patches, the inner
+    iterations' B·k), which keeps glibc's trimming busy: 31,000 page faults and 44 ms of system time a
+    batch for MobileNetV2 at the cpu sizes, none after this (docs/performance.md); whether that buys
+    wall time was not measurable on the loaded machine of issue 38, so no run calls it yet
+    (`bench_engine.py --keep-freed-memory` does, for a paired run on a quiet machine). Sets glibc's mmap
+    threshold to its maximum (32 MiB; larger blocks are still mapped and unmapped) and the trim
+    threshold to 1 GiB. Process-wide; the peak RSS may rise by what fragmentation keeps. Returns whether
+    it took effect (False: not glibc)."""
+    global _KEPT
+    if _KEPT is None:
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            _KEPT = bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+        except (OSError, AttributeError):  # not Linux, or a libc without mallopt (musl)
+            _KEPT = False
+    return _KEPT
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+_KEPT: bool | None = None
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
