@@ -14,11 +14,12 @@ statistics) is left out.
 Tile: by default the smallest that streams the image in as few tiles as the kit's own (``lean_tile``):
 1024 px ResNet50 in 960 px tiles, 2 x 2 in backward like 992 but 6% less area each.
 BatchNorm: ``initial`` keeps torchvision's running statistics (mean 0, variance 1), ``random`` draws
-them (mean ±0.5, variance 0.5-1.5). With random ones and random conv weights ResNet50's activations blow
-up (output map up to ~1,150, logits ±300, loss ~420) and fp32 no longer resolves every gradient: plain
-fp32 itself is then ~1e-3 from the truth, and two fp32 computations of the same sums in another order
-differ by as much. ``--reference`` adds plain backprop in float64 (a third process) and prints each fp32
-run's distance from it; ``--exact`` also streams in float64 (a fourth process), where a streaming fault
+them (mean ±0.5, variance 0.5-1.5). Either way a random-init ResNet50 with frozen BatchNorm blows its
+activations up (loss 99; with randomised statistics loss 420, output map up to ~1,150, logits ±300) and fp32 does not
+resolve every gradient to 1e-5: plain fp32 is itself ~6e-4 from the float64 truth by the bar's statistic,
+and two fp32 computations of the same sums in another order differ by as much (docs/streaming.md).
+``--reference`` adds plain backprop in float64 (a third process) and prints each fp32 run's distance
+from it; ``--exact`` also streams in float64 (a fourth process), where a streaming fault
 would show above float64's rounding.
 
 Error: per parameter max |streamed − plain| / max |plain|, the largest over parameters (the bar's
