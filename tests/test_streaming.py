@@ -96,6 +96,14 @@ def test_streaming_refuses_a_tile_too_small_in_one_line(capsys):
     assert code == 2 and capsys.readouterr().err.strip().count("\n") == 0
 
 
+def test_streaming_lean_tile_is_the_smallest_with_as_few_backward_tiles():
+    # 1024 px ResNet50: 992 and 960 px both stream in 2 x 2 backward tiles (exact part 160 and 128 px of
+    # the 213 px left after the border), 928 in 3 x 3; the benchmark's tile is 960.
+    assert [streaming.backward_tiles_per_side("resnet50", 1024, t) for t in (992, 960, 928, 864)] == [2, 2, 3, 7]
+    assert streaming.lean_tile("resnet50", 1024) == 960 and streaming.lean_tile("resnet50", 4096) == 1664
+    assert streaming.backward_tiles_per_side("resnet50", 800, 864) == 1
+
+
 def test_streaming_is_written_for_the_pinned_lightstream(monkeypatch):
     from importlib import metadata
     assert metadata.version("lightstream") == streaming.LIGHTSTREAM_VERSION

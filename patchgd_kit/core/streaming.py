@@ -59,6 +59,25 @@ def tile_for(backbone: str, image_size: int) -> int:
     return tile
 
 
+def backward_tiles_per_side(backbone: str, image_size: int, tile_size: int) -> int:
+    """Tiles per side of lightstream's backward (StreamingCNN.backward): the exact part of a tile, in
+    whole output strides, steps over the image less the border."""
+    if image_size <= tile_size:
+        return 1
+    stride = backbone_of(backbone).stride
+    valid = (tile_size - GRADIENT_BORDER[backbone]) // stride * stride
+    return math.ceil((image_size - GRADIENT_BORDER[backbone]) / valid)
+
+
+def lean_tile(backbone: str, image_size: int) -> int:
+    """The smallest tile that streams the image in no more backward tiles than ``tile_for``'s: less memory
+    and less work at the same count (1024 px ResNet50: 960 px, 2 x 2 tiles, where tile_for takes 992)."""
+    stride, chosen = backbone_of(backbone).stride, tile_for(backbone, image_size)
+    count = backward_tiles_per_side(backbone, image_size, chosen)
+    return next(t for t in range(min_tile(backbone), chosen + 1, stride)
+                if backward_tiles_per_side(backbone, image_size, t) <= count)
+
+
 def check_tile(backbone: str, tile_size: int) -> None:
     if tile_size < min_tile(backbone):
         raise KitError(f"tile too small: {LABELS[backbone]} needs ≥ {min_tile(backbone)} px, got {tile_size}")
