@@ -11,7 +11,7 @@ fragmentation in the resident set that is not the method's. The peak is the rise
 (sampled every 2 ms) over the process after building the model, so building (and the streamed trunk's
 statistics) is left out.
 
-Tile: by default the smallest that streams the image in as few tiles as the kit's own (``lean_tile``):
+Tile: by default the smallest that streams the image in as few tiles as the kit's own (``streaming.tile_for``):
 1024 px ResNet50 in 960 px tiles, 2 x 2 in backward like 992 but 6% less area each.
 BatchNorm: ``initial`` keeps torchvision's running statistics (mean 0, variance 1), ``random`` draws
 them (mean ±0.5, variance 0.5-1.5). Either way a random-init ResNet50 with frozen BatchNorm blows its
@@ -188,7 +188,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default="resnet50,mobilenet_v2")
     parser.add_argument("--image-size", type=int, default=1024)
-    parser.add_argument("--tile", type=int, help="tile side (default: streaming.lean_tile)")
+    parser.add_argument("--tile", type=int, help="tile side (default: streaming.tile_for)")
     parser.add_argument("--batchnorm", choices=["initial", "random"], default="initial")
     parser.add_argument("--reference", action="store_true", help="also plain backprop in float64")
     parser.add_argument("--exact", action="store_true",
@@ -201,7 +201,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, one image, BatchNorm frozen, "
           f"{MALLOC}; load average {os.getloadavg()[0]:.1f}")
     for backbone in args.backbones.split(","):
-        tile = args.tile or streaming.lean_tile(backbone, args.image_size)
+        tile = args.tile or streaming.tile_for(backbone, args.image_size)
         report(compare(backbone, args.image_size, tile, args.batchnorm, args.reference, args.exact))
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 

@@ -90,17 +90,17 @@ def test_streaming_refuses_a_tile_too_small_in_one_line(capsys):
         streaming.stream(_resnet_stem_and_block(), 32)  # the stem and block need 35 px of border
     with pytest.raises(KitError, match="smaller than MobileNetV2's smallest usable tile .992 px.: streaming cannot"):
         build_model("streaming", "mobilenet_v2", 10, 512)
-    assert streaming.min_tile("resnet50") == 864 and streaming.tile_for("resnet50", 1024) == 992
+    assert streaming.min_tile("resnet50") == 864 and streaming.tile_for("resnet50", 1024) == 960
     assert streaming.tile_for("resnet50", 4096) == 1664
     code = main(["plan", "--method", "streaming", "--backbone", "resnet50", "--image-size", "512", "--budget", "16GB"])
     assert code == 2 and capsys.readouterr().err.strip().count("\n") == 0
 
 
-def test_streaming_lean_tile_is_the_smallest_with_as_few_backward_tiles():
+def test_streaming_tile_is_the_smallest_with_as_few_backward_tiles_as_the_widest():
     # 1024 px ResNet50: 992 and 960 px both stream in 2 x 2 backward tiles (exact part 160 and 128 px of
-    # the 213 px left after the border), 928 in 3 x 3; the benchmark's tile is 960.
+    # the 213 px left after the border), 928 in 3 x 3: the kit takes 960.
     assert [streaming.backward_tiles_per_side("resnet50", 1024, t) for t in (992, 960, 928, 864)] == [2, 2, 3, 7]
-    assert streaming.lean_tile("resnet50", 1024) == 960 and streaming.lean_tile("resnet50", 4096) == 1664
+    assert streaming.tile_for("resnet50", 2048) == 1472 and streaming.tile_for("resnet50", 4096) == 1664
     assert streaming.backward_tiles_per_side("resnet50", 800, 864) == 1
 
 

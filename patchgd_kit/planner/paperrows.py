@@ -19,7 +19,7 @@ import torch
 import torchvision
 
 from ..core import alternatives as alternative_steps
-from ..core import gd, methods, models, patches, patchgd
+from ..core import gd, methods, models, patches, patchgd, streaming
 from ..core.methods import method_of, uses_patches
 from ..core.patches import schedule_for
 from ..files import content_hash, write_text
@@ -31,7 +31,8 @@ from .budget import BudgetTooSmall, format_bytes, plan
 
 # The code a plan depends on: the planner and every step it traces on fake tensors. A change in any
 # of them (or another torch) changes the plans' keys, so nothing stale is ever read back.
-PLANNED_BY = (estimate, budget, bytecount, alternatives, alternative_steps, methods, models, patchgd, gd, patches)
+PLANNED_BY = (estimate, budget, bytecount, alternatives, alternative_steps, methods, models, patchgd, gd, patches,
+              streaming)
 # Every row of the paper's tables (and GD's alternatives) planned once, shipped with the kit:
 # planning them takes minutes on 2 cores, and every fresh reproduction would otherwise repeat it.
 # `python -m patchgd_kit plan --ship` writes it again; a test says when it is out of date.
