@@ -17,7 +17,7 @@ CPU_MINUTES = {"01–02": 0.7, "03": 11.1, "05": 41.1, "06": 15.3, "07": 27.5, "
                "10": 3.4, "11": 2.1, "12": 0.5}
 # Notebook 04 (the memory wall, docs/memory-wall.md) was timed on another 2-core machine, an Intel Xeon
 # with AVX-512, which ran the same training 2-2.5x faster than the EPYC (docs/cpu-scale.md).
-WALL_MINUTES_XEON = 10.1
+WALL_MINUTES_XEON = 9.1
 # Estimated A100 hours of the paper profile, one seed, by table (the tables' footers).
 PAPER_A100_HOURS = {"Table 1": 17, "Table 2": 3, "Table 3": 1094, "Table 4": 601, "Tables 5/6": 1}
 
