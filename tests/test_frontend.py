@@ -10,7 +10,7 @@ import papermill
 import pytest
 from jupyter_client.manager import start_new_kernel
 
-ASK = "from patchgd_kit import widgets\nprint(widgets.has_frontend())"
+ASK = "from patchgd_kit.face import widgets\nprint(widgets.has_frontend())"
 # What JupyterLab 4 sends with a notebook cell's execute request (NotebookActions.run → CodeCell.execute).
 LAB_METADATA = {"deletedCells": [], "recordTiming": False, "cellId": "c0ffee"}
 

@@ -161,9 +161,9 @@ def _budget_of(row: Row) -> int | str:
     return budget.budget_for(_estimate(dataclasses.replace(row, batch_size=2), k))
 
 
-def _plan(row: Row, budget: int | str, batch_size: int | None = None) -> budget.Plan:
-    """The planner's plan for the row under `budget`, as train --memory-budget plans it."""
-    return budget.plan_for_config(row_config(row, memory_budget=budget, batch_size=batch_size))
+def _plan(row: Row, memory_budget: int | str, batch_size: int | None = None) -> budget.Plan:
+    """The planner's plan for the row under `memory_budget`, as train --memory-budget plans it."""
+    return budget.plan_for_config(row_config(row, memory_budget=memory_budget, batch_size=batch_size))
 
 
 def check_peak(row: Row, ctx: _Context) -> dict:
