@@ -150,7 +150,7 @@ def test_a_downscaled_row_plans_patchgds_batch_and_runs_at_its_side_scaled(tmp_p
     patchgd = paperrows.paper_plan(table.settings(table.row("patchgd_16gb")), tmp_path / "plans.json")
     assert plan["batch_size"] == patchgd["batch_size"] and 32 <= plan["downscaled_side"] < 512
     profile = get_profile("smoke")
-    config, _, scale = scaling.row_config(table, row, profile)
+    config, _, scale = scaling.configure(table, row, profile)
     assert config.method == "gd-downscaled" and config.grad_accum == 1
     assert config.downscaled_side == round(plan["downscaled_side"] * profile.image_size / 512)
     assert scale.startswith(f"64 px resized to {config.downscaled_side} px (paper scale: {plan['downscaled_side']});")

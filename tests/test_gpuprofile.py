@@ -9,7 +9,7 @@ from patchgd_kit.report import figure, tables
 from patchgd_kit.reproduce import notebooks as reproduce_notebooks, tableruns
 from patchgd_kit.runs import profiles, scaling
 from patchgd_kit.cli import main
-from patchgd_kit.paper.numbers import FIGURE2, PAPER
+from patchgd_kit.paper.numbers import FIGURE2
 from patchgd_kit.runs.profiles import get_profile
 
 
@@ -23,8 +23,7 @@ def fake_plans(rows, cache):
 def tiny_gpu(tmp_path, monkeypatch):
     """KIT_RUNS in tmp_path, the planner faked, ImageNet weights unavailable (as offline)."""
     monkeypatch.setenv("KIT_RUNS", str(tmp_path))
-    monkeypatch.setattr(tableruns, "paper_plans", fake_plans)
-    monkeypatch.setattr(scaling, "paper_plan", lambda settings, cache: fake_plans([settings], cache)[0])
+    monkeypatch.setattr(scaling, "paper_plans", fake_plans)
     monkeypatch.setattr(profiles, "imagenet_unavailable", lambda backbone: "URLError: no network (test)")
     monkeypatch.setattr(profiles, "_FALLBACK_SAID", set())
     return get_profile("gpu", image_size=64, patch_size=32, per_class_train=2, per_class_test=1, epochs=1,
@@ -87,8 +86,7 @@ def test_reproduce_leaves_out_the_notebooks_the_profile_skips_and_says_why(capsy
 
 def test_the_dry_gpu_check_runs_the_profile_slice_and_records_the_hour(tmp_path, monkeypatch):
     monkeypatch.setenv("KIT_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setattr(tableruns, "paper_plans", fake_plans)
-    monkeypatch.setattr(scaling, "paper_plan", lambda settings, cache: fake_plans([settings], cache)[0])
+    monkeypatch.setattr(scaling, "paper_plans", fake_plans)
     monkeypatch.setattr(profiles, "imagenet_unavailable", lambda backbone: "URLError: no network (test)")
     rows = [r for r in gpu_rows.dry_plan(gpu_rows.paper_plan()) if r.section == "slice"]
     assert len(rows) == 1 and rows[0].image_size == 64

@@ -361,7 +361,7 @@ def test_the_full_resolution_row_runs_only_where_panda_is(tmp_path, monkeypatch)
     assert "patchgd_fp16_full" not in [r.id for r in rows_to_run("table3", profile)]
     row = rows_to_run("table3", profile, rows=("patchgd_fp16_full",))[0]
     with pytest.raises(KitError, match="full resolution, which the stand-in has not; set PANDA_ROOT"):
-        scaling.row_config(PAPER["table3"], row, get_profile("smoke"))
+        scaling.configure(PAPER["table3"], row, get_profile("smoke"))
     monkeypatch.setenv(scaling.PANDA_ROOT_ENV, str(tmp_path))
     assert [r.id for r in rows_to_run("table3", profile)][-1] == "patchgd_fp16_full"
     assert "patchgd_fp16_full" not in [r.id for r in rows_to_run("table3", profile, alternatives=False)]

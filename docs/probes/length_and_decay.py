@@ -22,8 +22,8 @@ from patchgd_kit.runs.profiles import get_profile, profile_dir
 
 def variants(table, row, profile):
     """(name, config) of the profile's run and of each variant."""
-    base = scaling.row_config(table, row, profile)[0]
-    longer = scaling.row_config(table, row, dataclasses.replace(profile, epochs=profile.epochs + 1))[0]
+    base = scaling.configure(table, row, profile)[0]
+    longer = scaling.configure(table, row, dataclasses.replace(profile, epochs=profile.epochs + 1))[0]
     return [("profile", base), (f"{profile.epochs + 1} epochs", longer),
             ("lr decayed to 1%", dataclasses.replace(base, final_lr_fraction=0.01))]
 

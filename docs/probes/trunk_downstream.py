@@ -35,7 +35,7 @@ def main(row_ids: str, table_name: str, other_trunk: str) -> None:
     profile, table, rng = get_profile("cpu"), PAPER[table_name], np.random.default_rng(0)
     folder = profile_dir(profile)
     for row_id in row_ids.split(","):
-        config = scaling.row_config(table, dataclasses.replace(table.row(row_id), init_from=None), profile)[0]
+        config = scaling.configure(table, dataclasses.replace(table.row(row_id), init_from=None), profile)[0]
         base = store.train_in_store(config, folder, progress=False)
         start = time.time()
         other = store.train_in_store(dataclasses.replace(config, weights=other_trunk), folder, progress=False)

@@ -1,24 +1,20 @@
 """Every row of a paper table as runs at a profile's scale.
 
 ``run_table("table1", profile, seeds)``: every row of a paper table (``paper.numbers.PAPER``) as a run at
-the profile's scale (``scaling.row_config``), through the results store (``store``). The batch (and
-k) is the memory planner's answer at the paper's scale (512 px, patch 256, that backbone, that
-budget) times the profile's batch factor, capped by its training set: a scaled run keeps the
-paper's memory regime, not its pixels. Every notebook headless is ``reproduce.notebooks``.
+the profile's scale (``scaling.prepare`` once, then ``scaling.row_config`` per seed), through the
+results store (``store``). The batch (and k) is the memory planner's answer at the paper's scale
+(512 px, patch 256, that backbone, that budget) times the profile's batch factor, capped by its
+training set: a scaled run keeps the paper's memory regime, not its pixels. Every notebook headless is ``reproduce.notebooks``.
 """
 from __future__ import annotations
 
-import dataclasses
-
 from ..core import streaming
-from ..data.ultramnist import UltraMNIST
 from ..errors import KitError
 from ..paper.beyond import BEYOND, reads_full_resolution, rows_of
 from ..paper.numbers import PAPER, Row, Table
-from ..planner.paperrows import paper_plans
 from ..report.orderings import RowResult
 from ..runs.profiles import Profile, get_profile, profile_dir
-from ..runs.scaling import panda_root_present, row_config, scaled_sizes
+from ..runs.scaling import panda_root_present, prepare, row_config, scaled_sizes, source_config
 from ..runs.store import is_finished, run_trunk, train_in_store
 
 
@@ -34,16 +30,14 @@ def run_table(name: str, profile: Profile | str | None = None, seeds: int | None
     seeds = seeds or profile.seeds
     chosen = rows_to_run(name, profile, rows, alternatives)
     folder = profile_dir(profile)
-    paper_plans([table.settings(row) for row in chosen], folder / "plans.json")  # the missing ones, in parallel
+    inputs = prepare(table, chosen, profile)  # plans, datasets and trunks: made here, once
     results, total = [], len(chosen) * seeds
     for i, row in enumerate(chosen):
-        config, plan, scale = row_config(table, row, profile)
-        result = RowResult(table, row, config, plan, scale,
-                           test_images=len(UltraMNIST(config.data, "test", cache=False)))
-        for seed in range(seeds):
-            run = row_config(table, row, profile, seed)[0] if row.init_from else dataclasses.replace(config, seed=seed)
+        runs = [row_config(table, row, profile, inputs[row.id], seed) for seed in range(seeds)]
+        result = RowResult(table, row, *runs[0], test_images=inputs[row.id].test_images)
+        for seed, (run, _, _) in enumerate(runs):
             if row.init_from:  # Appendix C: that row's run first, its backbone this run's init
-                run_trunk(row_config(table, table.row(row.init_from), profile, seed)[0], folder, progress=progress)
+                run_trunk(source_config(table, row, profile, inputs[row.id], seed), folder, progress=progress)
             state = "from the store" if is_finished(run, folder) else "training"
             k = f", k {run.schedule()[0]}" if run.schedule()[0] else ""
             if progress:

@@ -1,7 +1,8 @@
 """A paper row at a profile's scale: the profile's data for each dataset (UltraMNIST; PANDA from
 ``$PANDA_ROOT`` or its labelled stand-in), image and patch sizes, epochs, and the batch the memory
-planner gives at the paper's scale times the profile's one batch factor. ``row_config`` turns a row
-of ``paper.PAPER`` into the TrainConfig that runs it.
+planner gives at the paper's scale times the profile's one batch factor. ``prepare`` makes what rows
+need (plans, datasets, pretrained trunks); ``row_config`` then turns a row of ``paper.PAPER`` into the
+TrainConfig that runs it, computing only.
 
 The stand-in for PANDA: UltraMNIST generated at the profile's 4096 px (digits scaled with the image),
 then shrunk to its 2048 and 512 exactly as the slides are, so the three resolutions show the same
@@ -23,7 +24,7 @@ from ..data.ultramnist import MIN_DIGIT_SIDE, UltraMNIST, ensure_dataset, shrink
 from ..errors import KitError
 from ..paper.beyond import reads_full_resolution
 from ..paper.numbers import Table
-from ..planner.paperrows import grad_accum_of, paper_plan
+from ..planner.paperrows import grad_accum_of, paper_plans
 from .config import TrainConfig
 from .profiles import Profile, profile_dataset, profile_dir, profile_weights
 from .store import run_trunk_path
@@ -120,7 +121,7 @@ def full_resolution_data(profile: Profile, side: int) -> Path:
 
 def scale_panda_row(profile: Profile, settings: dict) -> dict:
     """TrainConfig values of a Table 3 or 4 row (paper-scale ``settings``) at the profile's scale:
-    its data, image and patch size, classes and epochs. reproduce.row_config calls it."""
+    its data, image and patch size, classes and epochs (made here on first use)."""
     paper_size = settings["image_size"]
     if reads_full_resolution(settings):
         folder, classes = full_resolution_data(profile, paper_size), PANDA_CLASSES
@@ -157,49 +158,84 @@ def scaled_batch(planned: int, profile: Profile, train_images: int) -> int:
     return min(batch, profile.max_batch_size or batch, train_images)
 
 
-def row_weights(table: Table, row, profile: Profile, seed: int = 0) -> tuple[str | None, str]:
-    """(the row's backbone init, words for its scale line): the profile's init, or for a row with
-    ``init_from`` (Appendix C) the trunk file of that row's run, which ``store.run_trunk`` writes
-    once the run is trained (reproduce.run_table sees to it before training this row)."""
-    if row.init_from is None:
-        backbone = table.settings(row)["backbone"]
-        return profile_weights(profile.for_backbone(backbone), backbone, progress=False), ""
-    source = table.row(row.init_from)
-    config = row_config(table, source, profile, seed)[0]
-    words = f"; backbone from the {source.name} run (Appendix C)"
-    return str(run_trunk_path(config, profile_dir(profile))), words
+@dataclass(frozen=True)
+class RowInputs:
+    """What ``prepare`` made for one paper row, so that ``row_config`` only computes: the planner's
+    answer at the paper's scale, the row's TrainConfig values at the profile's scale (its data among
+    them), the data's sizes, the profile's trunk, and for an Appendix C row (``init_from``) the inputs
+    of the row whose trunk it starts from."""
+    plan: dict
+    scaled: dict
+    train_images: int
+    test_images: int
+    min_digit_side: int
+    weights: str | None
+    source: RowInputs | None = None
 
 
-def row_config(table: Table, row, profile: Profile, seed: int = 0) -> tuple[TrainConfig, dict, str]:
-    """(TrainConfig, the planner's answer at the paper's scale, the scale in words) of a paper row."""
-    settings = table.settings(row)
-    plan = paper_plan(settings, profile_dir(profile) / "plans.json")
+def prepare(table: Table, rows, profile: Profile) -> dict[str, RowInputs]:
+    """{row id: RowInputs} of `rows` of `table` at `profile`: the missing plans (in parallel), the
+    datasets and the pretrained trunks, each made once in ``runs/<profile>/`` and read back after."""
     if table.dataset not in SCALERS:
         raise KitError(f"{table.name} runs on {table.dataset!r} data, which this kit cannot scale yet; "
                        f"allowed: {', '.join(SCALERS)}")
+    rows = list(rows)
+    needed = rows + [table.row(row.init_from) for row in rows if row.init_from]
+    found = paper_plans([table.settings(row) for row in needed], profile_dir(profile) / "plans.json")
+    plans = {row.id: plan for row, plan in zip(needed, found)}
+    return {row.id: _prepare_row(table, row, profile, plans) for row in rows}
+
+
+def _prepare_row(table: Table, row, profile: Profile, plans: dict[str, dict]) -> RowInputs:
+    settings = table.settings(row)
     scaled = SCALERS[table.dataset](profile, settings)
     train_set = UltraMNIST(scaled["data"], "train", cache=False)
-    train_images = len(train_set)
     test_images = len(UltraMNIST(scaled["data"], "test", cache=False))
+    if row.init_from:
+        source, weights = _prepare_row(table, table.row(row.init_from), profile, plans), None
+    else:
+        backbone = settings["backbone"]
+        source, weights = None, profile_weights(profile.for_backbone(backbone), backbone, progress=False)
+    return RowInputs(plans[row.id], scaled, len(train_set), test_images, train_set.min_digit_side, weights, source)
+
+
+def source_config(table: Table, row, profile: Profile, inputs: RowInputs, seed: int = 0) -> TrainConfig:
+    """The config of the run whose trunk an Appendix C row (``row.init_from``) starts from."""
+    return row_config(table, table.row(row.init_from), profile, inputs.source, seed)[0]
+
+
+def row_config(table: Table, row, profile: Profile, inputs: RowInputs,
+               seed: int = 0) -> tuple[TrainConfig, dict, str]:
+    """(TrainConfig, the planner's answer at the paper's scale, the scale in words) of a paper row,
+    computed from what ``prepare`` made for it; nothing is read or written."""
+    settings, plan = table.settings(row), inputs.plan
     # backbone_scale holds values of one backbone's UltraMNIST rows, its batch factor among them
     batch_profile = profile.for_backbone(settings["backbone"]) if table.dataset == "ultramnist" else profile
-    batch = scaled_batch(plan["batch_size"], batch_profile, train_images)
-    fields = {k: v for k, v in {**settings, **scaled}.items() if k in TRAIN_FIELDS}
+    batch = scaled_batch(plan["batch_size"], batch_profile, inputs.train_images)
+    fields = {k: v for k, v in {**settings, **inputs.scaled}.items() if k in TRAIN_FIELDS}
     # ε = ζ of the scaled grid; gd-downscaled carries PatchGD's patch settings for its plan only
     fields["grad_accum"] = grad_accum_of(fields) if uses_patches(fields["method"]) else 1
     if "downscaled_side" in plan:  # gd-downscaled: the side planned at the paper's scale, scaled alike
         fields["downscaled_side"] = max(1, round(plan["downscaled_side"] * fields["image_size"]
                                                  / settings["image_size"]))
-    weights, init = row_weights(table, row, profile, seed)
+    weights, init = inputs.weights, ""
+    if row.init_from:  # Appendix C: the trunk file of that row's run (reproduce.run_table trains it first)
+        weights = str(run_trunk_path(source_config(table, row, profile, inputs, seed), profile_dir(profile)))
+        init = f"; backbone from the {table.row(row.init_from).name} run (Appendix C)"
     config = TrainConfig(**{**fields, "batch_size": batch, "seed": seed, "trunk_lr_scale": profile.trunk_lr_scale,
                             "weights": weights})
     config.validate()
     patch = f", patch {config.patch_size}" if uses_patches(config.method) else ""
-    floor = f", digits ≥ {train_set.min_digit_side} px" if train_set.min_digit_side != MIN_DIGIT_SIDE else ""
+    floor = f", digits ≥ {inputs.min_digit_side} px" if inputs.min_digit_side != MIN_DIGIT_SIDE else ""
     factor = f"; batch = planned × {batch_profile.batch_scale:g}" if batch_profile.batch_scale != 1 else ""
     trunk_lr = f"; trunk lr × {config.trunk_lr_scale:g}" if config.trunk_lr_scale != 1 else ""
     resized = (f" resized to {config.downscaled_side} px (paper scale: {plan['downscaled_side']})"
                if config.downscaled_side else "")
-    scale = (f"{config.image_size} px{resized}{patch}{floor}; {train_images} train / {test_images} test images; "
-             f"{config.epochs} epochs{factor}{trunk_lr}{init}")
+    scale = (f"{config.image_size} px{resized}{patch}{floor}; {inputs.train_images} train / "
+             f"{inputs.test_images} test images; {config.epochs} epochs{factor}{trunk_lr}{init}")
     return config, plan, scale
+
+
+def configure(table: Table, row, profile: Profile, seed: int = 0) -> tuple[TrainConfig, dict, str]:
+    """``row_config`` of one row after ``prepare`` made its inputs: for a single row (a notebook, a test)."""
+    return row_config(table, row, profile, prepare(table, [row], profile)[row.id], seed)

@@ -317,40 +317,51 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
     if config.batch_size is None:  # the batch is the plan's (validate: a budget is there)
         plan = plan_for_config(config)
         config = dataclasses.replace(config, batch_size=plan.batch_size)
-    # Finished? Decided here, once the run's key (its batch) is known, and again under the folder's
-    # lock in claim(), for a run another process finished meanwhile. A finished run is read back as it
-    # is: checking a given batch against the budget (a fake-tensor trace) would repeat a passed check.
-    finished = None if restart else finished_result(out, config)
-    if finished is not None:
-        return finished
-    if plan is None and config.memory_budget is not None:  # a given batch: refused if it does not fit
-        plan = plan_for_config(config)
     _check_batch(config, len(datasets[0]), processes)
     device = distributed.device_for(resolve_device(config.device), processes)
+    made = not out.exists()
+    try:
+        with distributed.session(processes, device), contextlib.ExitStack() as lock:
+            # Finished? Decided here alone, under the folder's lock (rank 0 holds it until the run ends),
+            # once the run's key (its batch) is known. A finished run is read back as it is: no model is
+            # built, and a given batch is not checked against the budget again (a fake-tensor trace).
+            finished = distributed.on_main(processes, lambda: _lock_and_read_back(out, config, restart, lock))
+            if finished is not None:
+                return finished
+            run = _start_run(config, plan, out, datasets, device, processes, restart, progress)
+            return _train_epochs(run, on_epoch)
+    finally:  # a config that could not run leaves no folder behind to block the corrected command
+        if made and processes.main and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _lock_and_read_back(out: Path, config: TrainConfig, restart: bool, lock: contextlib.ExitStack) -> dict | None:
+    """Lock the run's folder (held until `lock` closes); the saved result if the run is finished."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock.enter_context(locked(out / ".lock", f"training in {out}"))
+    return None if restart else finished_result(out, config)
+
+
+def _start_run(config: TrainConfig, plan: Plan | None, out: Path, datasets: tuple[UltraMNIST, UltraMNIST],
+               device: torch.device, processes: Processes, restart: bool, progress: bool) -> Run:
+    """Check the batch, build the model and claim the locked folder for the run: only with every value,
+    the data and the weights checked is anything written into it."""
+    if plan is None and config.memory_budget is not None:  # a given batch: refused if it does not fit
+        plan = plan_for_config(config)
     _seed_everything(config.seed)
-    if device.type == "cuda":  # before the first CUDA allocation; lifts an earlier run's cap without a budget
+    if device.type == "cuda":  # before the run's first allocation; lifts an earlier run's cap without a budget
         limit_cuda_memory(device, plan.budget_bytes if plan else None)  # per process: each has its GPU
     model = _model(config, device, processes)
     if processes.distributed and processes.main:
         note(f"{processes.world} processes × batch {config.batch_size} = global batch "
              f"{processes.world * config.batch_size}")
 
-    def claim(lock: contextlib.ExitStack) -> dict | None:
-        # Only now, with every value, the data and the weights checked, is the folder written: a config
-        # that cannot run leaves nothing behind to block the corrected command.
-        out.mkdir(parents=True, exist_ok=True)
-        lock.enter_context(locked(out / ".lock", f"training in {out}"))
+    def claim() -> None:
         claim_run_folder(out, config, restart)
-        done = finished_result(out, config)  # by another process since the look above
-        if done is None and plan is not None:
+        if plan is not None:
             write_json(out / "plan.json", dataclasses.asdict(plan))
-        return done
-
-    with distributed.session(processes, device), contextlib.ExitStack() as lock:
-        finished = distributed.on_main(processes, lambda: claim(lock))  # rank 0 holds the folder's lock
-        if finished is not None:
-            return finished
-        return _train_epochs(setup_run(config, out, model, device, datasets, plan, progress, processes), on_epoch)
+    distributed.on_main(processes, claim)
+    return setup_run(config, out, model, device, datasets, plan, progress, processes)
 
 
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str = "test", device: str = "auto") -> dict:

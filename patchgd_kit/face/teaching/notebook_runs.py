@@ -13,7 +13,7 @@ from ...paper.numbers import PAPER
 from ...planner.estimate import estimate_peak
 from ...runs.config import TrainConfig
 from ...runs.profiles import Profile, get_profile, profile_dir
-from ...runs.scaling import row_config
+from ...runs.scaling import configure
 from ...runs.store import run_folder
 
 # The table whose 16 GB rows notebooks 03 and 04 train, per backbone (the paper's: ResNet50 in Table 1).
@@ -42,7 +42,7 @@ def training_run(profile: Profile, method: str, *, backbone: str, batch_size: in
     if row_id not in {row.id for row in table.rows}:
         methods = sorted({row.settings["method"] for row in table.rows})
         raise KitError(f"method {method!r} has no row in {table.title}; allowed: {', '.join(methods)}")
-    config = row_config(table, table.row(row_id), profile, seed)[0]
+    config = configure(table, table.row(row_id), profile, seed)[0]
     changes = {"sampling": profile.sampling, "max_sampled": profile.max_sampled, "grad_accum": grad_accum,
                "device": device}
     if batch_size is not None:  # a batch of the reader's: no longer planned for the budget
