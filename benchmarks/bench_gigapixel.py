@@ -1,4 +1,4 @@
-"""Gigapixel PatchGD (issue #16): memory and time of one training batch on a tiled UltraMNIST image read
+"""Gigapixel PatchGD: memory and time of one training batch on a tiled UltraMNIST image read
 a patch at a time, against the image's side. Prints a table; asserts nothing.
 
     python benchmarks/bench_gigapixel.py                                  # 2,048 and 8,192 px, MobileNetV2

@@ -24,7 +24,7 @@ from it; ``--exact`` also streams in float64 (a fourth process), where a streami
 would show above float64's rounding.
 
 Error: per parameter max |streamed − plain| / max |plain|, the largest over parameters (the bar's
-statistic), and ‖streamed − plain‖ / ‖plain‖ over all parameters. Bar (issue #34): ResNet50 within 1e-5
+statistic), and ‖streamed − plain‖ / ‖plain‖ over all parameters. The bar: ResNet50 within 1e-5
 relative and a lower peak. The planner's estimate (``alternatives.streaming_peak``, less the weights, which are
 resident before the step) is printed beside the measured rise. Prints figures; asserts nothing.
 """

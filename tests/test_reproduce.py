@@ -1,6 +1,7 @@
 """The reproduction runner: paper rows at a profile's scale, the plan cache, notebook discovery, and
 one end-to-end run of the reproduction notebooks on the smoke profile."""
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,21 +28,21 @@ FAKE_PLAN = {"batch_size": 32, "k": 1, "estimated_peak_bytes": 2**34, "estimator
 def smoke_runs(tmp_path, monkeypatch):
     """KIT_RUNS in a temporary folder, and a stand-in planner (the real one takes seconds per row)."""
     monkeypatch.setenv("KIT_RUNS", str(tmp_path))
-    monkeypatch.setattr(scaling, "paper_plan", lambda settings, cache: FAKE_PLAN)
+    monkeypatch.setattr(scaling, "paper_plans", lambda settings, cache: [FAKE_PLAN] * len(settings))
     return tmp_path
 
 
 def test_a_row_runs_at_the_profiles_scale_with_the_planned_batch_capped(smoke_runs):
     profile = get_profile("smoke")
     table = PAPER["table1"]
-    config, plan, scale = scaling.row_config(table, table.row("patchgd_4gb"), profile, seed=2)
+    config, plan, scale = scaling.configure(table, table.row("patchgd_4gb"), profile, seed=2)
     resnet50 = profile.for_backbone("resnet50")  # smoke: ResNet50 rows train 1 epoch, MobileNetV2 rows 2
     assert (config.image_size, config.patch_size, config.epochs) == (64, 32, resnet50.epochs) == (64, 32, 1)
     assert config.batch_size == min(FAKE_PLAN["batch_size"], profile.max_batch_size)
     assert config.memory_budget == "4GB" and config.seed == 2
     # Appendix C: the backbone of GD 4 GB's run (the same seed), whose own init is the profile's
     # digits-pretrained ResNet50, made on first use in its weights folder.
-    gd = scaling.row_config(table, table.row("gd_4gb"), profile, seed=2)[0]
+    gd = scaling.configure(table, table.row("gd_4gb"), profile, seed=2)[0]
     assert config.weights == str(store.run_trunk_path(gd, smoke_runs / "smoke")) and gd.seed == 2
     assert Path(gd.weights).name == "resnet50-digits-64px-crop32-min4px-2steps-lr0.001-seed0.pt"
     assert Path(gd.weights).is_file()
@@ -49,7 +50,7 @@ def test_a_row_runs_at_the_profiles_scale_with_the_planned_batch_capped(smoke_ru
     assert config.trunk_lr_scale == profile.trunk_lr_scale == 0.1
     assert scale == (f"64 px, patch 32; {10 * profile.per_class_train} train / {10 * profile.per_class_test} test "
                      f"images; {resnet50.epochs} epochs; trunk lr × 0.1; backbone from the GD 4 GB run (Appendix C)")
-    uncapped, *_ = scaling.row_config(table, table.row("patchgd_4gb"), get_profile("smoke", max_batch_size=None))
+    uncapped, *_ = scaling.configure(table, table.row("patchgd_4gb"), get_profile("smoke", max_batch_size=None))
     assert uncapped.batch_size == min(FAKE_PLAN["batch_size"], 10 * profile.per_class_train)  # the train set caps it
 
 
@@ -62,18 +63,18 @@ def test_one_batch_factor_and_a_backbones_own_scale(smoke_runs):
     profile = get_profile("smoke", backbone_scale={"resnet50": {"image_size": 96, "patch_size": 48,
                                                                 "min_digit_side": 8}})
     table = PAPER["table1"]
-    config, _, scale = scaling.row_config(table, table.row("gd_16gb"), profile)
+    config, _, scale = scaling.configure(table, table.row("gd_16gb"), profile)
     assert (config.image_size, Path(config.weights).name) == (96, "resnet50-digits-96px-crop48-min8px-2steps-lr0.001-seed0.pt")
     assert scale.startswith("96 px, digits ≥ 8 px;")
-    mobilenet, *_ = scaling.row_config(PAPER["table2"], PAPER["table2"].row("gd_16gb"), profile)
+    mobilenet, *_ = scaling.configure(PAPER["table2"], PAPER["table2"].row("gd_16gb"), profile)
     assert (mobilenet.image_size, mobilenet.epochs) == (64, 2)
     # ... and its own batch factor, for its UltraMNIST rows only (Table 3's ResNet50 keeps the profile's).
     halved = get_profile("smoke", batch_scale=0.25, max_batch_size=None, per_class_train=10,
                          backbone_scale={"resnet50": {"batch_scale": 0.5}})
-    resnet50, _, scale = scaling.row_config(table, table.row("gd_16gb"), halved)
+    resnet50, _, scale = scaling.configure(table, table.row("gd_16gb"), halved)
     assert resnet50.batch_size == 16 and "batch = planned × 0.5;" in scale
-    assert scaling.row_config(PAPER["table2"], PAPER["table2"].row("gd_16gb"), halved)[0].batch_size == 8
-    assert scaling.row_config(PAPER["table3"], PAPER["table3"].row("gd_512"), halved)[0].batch_size == 8
+    assert scaling.configure(PAPER["table2"], PAPER["table2"].row("gd_16gb"), halved)[0].batch_size == 8
+    assert scaling.configure(PAPER["table3"], PAPER["table3"].row("gd_512"), halved)[0].batch_size == 8
 
 
 def test_low_memory_patchgd_starts_from_the_gd_runs_trained_backbone(smoke_runs):
@@ -83,7 +84,7 @@ def test_low_memory_patchgd_starts_from_the_gd_runs_trained_backbone(smoke_runs)
     from patchgd_kit.core.models import trunk_of
     profile, table, folder = get_profile("smoke"), PAPER["table2"], smoke_runs / "smoke"
     [result] = tableruns.run_table("table2", profile, rows=("patchgd_4gb",), progress=False)
-    gd = scaling.row_config(table, table.row("gd_4gb"), profile)[0]
+    gd = scaling.configure(table, table.row("gd_4gb"), profile)[0]
     assert store.is_finished(gd, folder) and result.config.weights == str(store.run_trunk_path(gd, folder))
     assert "backbone from the GD 4 GB run (Appendix C)" in result.scale
     from patchgd_kit.report.tables import notes
@@ -106,12 +107,45 @@ def test_low_memory_patchgd_starts_from_the_gd_runs_trained_backbone(smoke_runs)
     assert store.run_trunk_path(gd, folder).stat().st_mtime_ns == stamp
 
 
+def test_a_rows_config_is_computed_from_what_prepare_made_and_touches_nothing(smoke_runs):
+    # prepare makes the data, plans and trunks; row_config then reads and writes nothing: with the
+    # whole runs folder gone it gives the same config, and the folder stays gone.
+    profile, table = get_profile("smoke"), PAPER["table1"]
+    rows = [table.row("gd_4gb"), table.row("patchgd_4gb")]
+    inputs = scaling.prepare(table, rows, profile)
+    before = [scaling.row_config(table, row, profile, inputs[row.id], seed=1) for row in rows]
+    shutil.rmtree(smoke_runs)
+    after = [scaling.row_config(table, row, profile, inputs[row.id], seed=1) for row in rows]
+    assert after == before
+    assert not smoke_runs.exists()
+
+
+def test_run_table_prepares_once_and_configures_each_row_once_per_seed(smoke_runs, monkeypatch):
+    calls = {"prepare": 0, "row_config": []}
+    prepare, row_config = scaling.prepare, scaling.row_config
+
+    def counted_prepare(*args):
+        calls["prepare"] += 1
+        return prepare(*args)
+
+    def counted_row_config(table, row, profile, inputs, seed=0):
+        calls["row_config"].append((row.id, seed))
+        return row_config(table, row, profile, inputs, seed)
+    monkeypatch.setattr(tableruns, "prepare", counted_prepare)
+    monkeypatch.setattr(tableruns, "row_config", counted_row_config)
+    monkeypatch.setattr(tableruns, "train_in_store", lambda config, folder, progress=True: {"config": config})
+    monkeypatch.setattr(tableruns, "run_trunk", lambda config, folder, progress=True: None)
+    tableruns.run_table("table1", get_profile("smoke"), seeds=2, rows=("gd_4gb", "patchgd_4gb"), progress=False)
+    assert calls["prepare"] == 1
+    assert calls["row_config"] == [("gd_4gb", 0), ("gd_4gb", 1), ("patchgd_4gb", 0), ("patchgd_4gb", 1)]
+
+
 def test_runs_shared_between_tables_have_one_store_folder(smoke_runs):
     profile = get_profile("smoke")
     folder = smoke_runs / "smoke"
 
     def run_of(table, row):
-        return store.run_folder(scaling.row_config(PAPER[table], PAPER[table].row(row), profile)[0], folder)
+        return store.run_folder(scaling.configure(PAPER[table], PAPER[table].row(row), profile)[0], folder)
     assert run_of("table5_6", "eps1") == run_of("table2", "patchgd_16gb")
     assert run_of("table5_6", "eps2") != run_of("table5_6", "eps1")
     assert run_of("table1", "gd_16gb") != run_of("table1", "gd_4gb")
@@ -141,7 +175,6 @@ def test_gds_alternatives_are_trained_where_the_profile_or_the_caller_says():
 
 
 def test_reproduce_passes_alternatives_to_the_notebooks_that_declare_it(tmp_path, monkeypatch):
-    from patchgd_kit.face.teaching import notebook_runs
     given = {}
     monkeypatch.setattr(reproduce_notebooks, "run_notebook", lambda path, out, parameters, **kw: given.update({path.name[:2]: parameters}))
     monkeypatch.setattr(reproduce_notebooks, "write_report", lambda target, title: target / "REPORT.md")
@@ -276,4 +309,17 @@ def test_missing_plans_are_made_in_parallel_as_one_process_makes_them_and_as_shi
 def test_every_paper_row_has_a_plan_shipped_for_the_current_code():
     stale = paperrows.unshipped_rows()
     assert not stale, (f"{len(stale)} paper rows have no plan shipped for this planner and these traced steps: "
-                       "run `python -m patchgd_kit plan --ship` and commit patchgd_kit/paper_plans.json")
+                       "run `python -m patchgd_kit plan --ship` and commit patchgd_kit/planner/paper_plans.json")
+
+
+def test_the_planners_version_follows_its_code_not_its_words(tmp_path, monkeypatch):
+    module = tmp_path / "step.py"
+
+    def version_of(source):
+        module.write_text(source)
+        monkeypatch.setattr(paperrows, "PLANNED_BY", (SimpleNamespace(__file__=str(module)),))
+        return paperrows.planner_version.__wrapped__()
+    code = 'def peak(batch):\n    """Bytes."""\n    return 4 * batch  # fp32\n'
+    first = version_of(code)
+    assert version_of(code.replace("Bytes.", "Bytes of one step.").replace("# fp32", "# float32")) == first
+    assert version_of(code.replace("4 * batch", "2 * batch")) != first

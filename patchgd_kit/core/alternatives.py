@@ -1,4 +1,4 @@
-"""GD's memory-saving alternatives to PatchGD (issue #14), each a method of ``methods.METHODS``:
+"""GD's memory-saving alternatives to PatchGD, each a method of ``methods.METHODS``:
 
 - ``gd-checkpoint``: plain GD whose trunk is activation-checkpointed: exact gradients, less memory,
   one extra forward of the trunk per step.

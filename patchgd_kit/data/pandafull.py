@@ -60,7 +60,7 @@ def full_resolution_dataset(root, out, side: int, test_fraction: float = 0.2, se
         with locked(out / f".{split}.lock", f"writing {out / split}"), building(out / split) as tmp:
             write_text(tmp / "manifest.csv", csv_text(manifest, ["image", "label", "digits", "boxes", "image_id"]))
             write_json(tmp / "card.json", {
-                "dataset": "PANDA (Bulten et al. 2022) at full resolution: beyond the paper (issue #16)",
+                "dataset": "PANDA (Bulten et al. 2022) at full resolution: beyond the paper",
                 "params": {**params, "split": split}, "num_classes": PANDA_CLASSES, "normalization": stats,
                 "num_images": len(manifest), "kit_version": kit_version(),
                 "recipe": {"image": f"level {level} of the slide, centred on a white {side} px square, read tile by "

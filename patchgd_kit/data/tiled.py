@@ -1,5 +1,5 @@
 """Gigapixel images kept as tiled TIFFs and read a patch at a time, so memory depends on the patch, not
-the image (PatchGD's promise, issue #16).
+the image (PatchGD's promise).
 
 - ``TiledImage``: a handle on one level of a tiled TIFF. ``region`` reads any rectangle by decoding
   only the tiles it touches. On disk and as read the image stays uint8. A square canvas of side ``side`` may frame a page of

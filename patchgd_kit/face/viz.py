@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from ..core.patches import grid_shape, sample_schedule, schedule_for
-from ..data import digits
+from ..data import digits as recipe  # `digits` names the digits of an image below
 from ..data.ultramnist import UltraMNIST
 from .schematic import figure3_schematic  # noqa: F401 (the notebooks' one place for figures)
 
@@ -89,21 +89,21 @@ def dataset_summary(splits: dict) -> pd.DataFrame:
         sides = sorted(_digit_sides(dataset))
         table[name] = {"images": len(dataset), "image px": dataset.image_size,
                        "per class": f"{min(per_class.values())}-{max(per_class.values())}",
-                       **{f"{n} digits": digits_per_image[n] for n in digits.DIGIT_COUNTS},
+                       **{f"{n} digits": digits_per_image[n] for n in recipe.DIGIT_COUNTS},
                        "digit px min": sides[0], "digit px median": sides[len(sides) // 2],
                        "digit px max": sides[-1]}
     return pd.DataFrame(table).T
 
 
-def recipe_side_fractions(image_size: int, min_digit_side: int = digits.MIN_DIGIT_SIDE) -> dict[int, float]:
+def recipe_side_fractions(image_size: int, min_digit_side: int = recipe.MIN_DIGIT_SIDE) -> dict[int, float]:
     """The fraction of digits of each side (px) that the recipe's scale weights ask for, with the
     data's floor, before placement (large digits that do not fit are redrawn, so the data has fewer)."""
     fractions: Counter = Counter()
-    for factor, weight in zip(digits.SCALE_FACTORS, digits.SCALE_WEIGHTS):
+    for factor, weight in zip(recipe.SCALE_FACTORS, recipe.SCALE_WEIGHTS):
         if factor == 1:
-            fractions[digits.digit_side(0.5, image_size, min_digit_side)] += weight * digits.HALF_SIZE_PROB
-            weight *= 1 - digits.HALF_SIZE_PROB
-        fractions[digits.digit_side(factor, image_size, min_digit_side)] += weight
+            fractions[recipe.digit_side(0.5, image_size, min_digit_side)] += weight * recipe.HALF_SIZE_PROB
+            weight *= 1 - recipe.HALF_SIZE_PROB
+        fractions[recipe.digit_side(factor, image_size, min_digit_side)] += weight
     return dict(fractions)
 
 
@@ -115,13 +115,13 @@ def plot_dataset_stats(splits: dict) -> Figure:
     width = 0.8 / len(splits)
     for i, (name, dataset) in enumerate(splits.items()):
         per_class = Counter(dataset.labels)
-        classes = np.arange(digits.NUM_CLASSES)
+        classes = np.arange(recipe.NUM_CLASSES)
         balance.bar(classes + i * width, [per_class[c] for c in classes], width, label=name)
         per_image = Counter(len(entry["digits"]) for entry in dataset.manifest)
-        n = np.array(digits.DIGIT_COUNTS)
+        n = np.array(recipe.DIGIT_COUNTS)
         counts.bar(n + i * width, [per_image[k] for k in n], width, label=name)
     balance.set(title="images per class (label = digit sum)", xlabel="label", xticks=classes)
-    counts.set(title="digits per image", xlabel="digits", xticks=digits.DIGIT_COUNTS)
+    counts.set(title="digits per image", xlabel="digits", xticks=recipe.DIGIT_COUNTS)
     balance.set_ylim(top=1.3 * max(balance.get_ylim()[1], 1))  # room above the bars for the legend
     balance.legend(fontsize=8, loc="upper center", ncols=len(splits))
 

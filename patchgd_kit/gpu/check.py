@@ -1,4 +1,4 @@
-"""The GPU check (issue #17): the memory planner against measured CUDA peaks, budget enforcement,
+"""The GPU check: the memory planner against measured CUDA peaks, budget enforcement,
 the fp16 path (autocast + GradScaler), training speed and Table 3's inference latency, in one short
 run that leaves its figures in docs/gpu-checks/<date>-<device>.md and .json. This module runs the
 rows of ``gpuplan``, each through the kit's own step, planner, train() or latency measurement, and
@@ -52,7 +52,7 @@ DRY_OUT = Path("runs/gpu-check-dry")  # dry runs never write into docs/: CI leav
 
 # ---- the kit's real training step, as train() sets it up ---------------------------------------
 
-def row_config(row: Row, **changes) -> TrainConfig:
+def check_config(row: Row, **changes) -> TrainConfig:
     """The row as a TrainConfig (what train() would run), with `changes`."""
     fields = dict(method=row.method, backbone=row.backbone, image_size=row.image_size, patch_size=row.patch_size,
                   sampling=row.sampling, grad_accum=row.grad_accum, batch_size=row.batch_size, amp=row.amp,
@@ -91,7 +91,7 @@ class TrainingStep:
 def training_step(row: Row, device: torch.device) -> TrainingStep:
     """The row's model on the device (channels_last as train() chooses), make_optimizer's Adam, and
     the step settings: k and ζ of its schedule, ε, autocast, a GradScaler for fp16, the sampler."""
-    c = row_config(row, device=device.type)
+    c = check_config(row, device=device.type)
     c.validate()
     model = model_on(c, device)
     images = torch.randn(c.batch_size, 3, c.image_size, c.image_size, device=device)
@@ -157,13 +157,13 @@ def _budget_of(row: Row) -> int | str:
     """A dry row's budget: the smallest whose usable part holds batch 2 (planned batch 2, refused 4)."""
     if row.budget != "dry":
         return row.budget
-    k = row_config(row).schedule()[0]
+    k = check_config(row).schedule()[0]
     return budget.budget_for(_estimate(dataclasses.replace(row, batch_size=2), k))
 
 
 def _plan(row: Row, memory_budget: int | str, batch_size: int | None = None) -> budget.Plan:
     """The planner's plan for the row under `memory_budget`, as train --memory-budget plans it."""
-    return budget.plan_for_config(row_config(row, memory_budget=memory_budget, batch_size=batch_size))
+    return budget.plan_for_config(check_config(row, memory_budget=memory_budget, batch_size=batch_size))
 
 
 def check_peak(row: Row, ctx: _Context) -> dict:
@@ -227,7 +227,7 @@ def check_fp16_epoch(row: Row, ctx: _Context) -> dict:
     the row's budget, planned and enforced by train()), on a CPU what config.autocast_dtype picks."""
     per_class = 1 if ctx.dry else 2  # 10 or 20 training images: a few batches
     data = ensure_dataset(ctx.scratch / "data", row.image_size, per_class, 1, seed=0, progress=False)  # 10 classes
-    config = row_config(row, data=str(data), num_classes=10, epochs=1, amp=True, warmup_epochs=0,
+    config = check_config(row, data=str(data), num_classes=10, epochs=1, amp=True, warmup_epochs=0,
                         memory_budget=None if ctx.dry else row.budget, device=ctx.device.type)
     final = train(config, ctx.scratch / f"run-{row.method}", progress=False, restart=True)["final"]
     keep = ("precision", "train_loss", "optimizer_steps", "train_images_per_s", "accuracy", "peak_allocated_bytes",
@@ -251,7 +251,7 @@ def check_speed(row: Row, ctx: _Context) -> dict:
 def check_latency(row: Row, ctx: _Context) -> dict:
     """Table 3's latency column, measured by latency.measure_latency (the paper's way)."""
     warmup, repeats = ctx.passes
-    result = measure_latency(row_config(row, device=ctx.device.type), warmup=warmup, repeats=repeats)
+    result = measure_latency(check_config(row, device=ctx.device.type), warmup=warmup, repeats=repeats)
     return {"images_per_s": result["images_per_s"], "paper_images_per_s": row.paper,
             "precision": result["precision"]}
 

@@ -72,7 +72,7 @@ def paper_plan() -> list[Row]:
     latency = [_gd("latency", R50, 512, 32, paper=618.05), _pgd("latency", R50, 512, 32, patch_size=128, paper=521.42),
                _gd("latency", R50, 2048, 8, paper=39.04), _pgd("latency", R50, 2048, 8, paper=32.52),
                _gd("latency", R50, 2048, 8, True, paper=39.04), _pgd("latency", R50, 2048, 8, True, paper=32.52)]
-    # A slice of the gpu profile (issue 37): Table 2's PatchGD 16 GB row as reproduce trains it, a few
+    # A slice of the gpu profile: Table 2's PatchGD 16 GB row as reproduce trains it, a few
     # hundred images, one epoch: its images/s calibrate the profile's hour (gpuestimate).
     profile_slice = [_pgd("slice", MNV2, 512, budget="16GB")]
     groups = (peak, budget, over, fp16, profile_slice, speed, latency)

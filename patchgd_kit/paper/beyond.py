@@ -1,4 +1,4 @@
-"""Rows not in the paper: GD's alternatives (issue #14) trained beside the paper's GD rows of Tables 1-3,
+"""Rows not in the paper: GD's alternatives trained beside the paper's GD rows of Tables 1-3,
 so that a table answers "why not checkpointing, or a smaller image?" with the same data, budget and
 schedule.
 
@@ -8,12 +8,12 @@ schedule.
   under the same budget (``altplan.downscaled_side_for``): it carries the PatchGD row's patch settings
   only so that the planner can find that batch; it trains no patches.
 
-Streaming SGD (issue #34, ``streaming``: the seed's peer method, exact gradients tile by tile) on Table 3's
+Streaming SGD (``streaming``: the seed's peer method, exact gradients tile by tile) on Table 3's
 2048 and 4096 px rows, each beside the same GD row with BatchNorm frozen as streaming freezes it
 (``gd-frozen-bn``): GD equals streaming only so. Streaming needs an image larger than its smallest usable
 tile (ResNet50: 864 px), so a profile whose images are smaller does not train these rows and says so.
 
-And a row that only PANDA can give (issue #16): ``patchgd_fp16_full``, Table 3's best row (PatchGD-fp16,
+And a row that only PANDA can give: ``patchgd_fp16_full``, Table 3's best row (PatchGD-fp16,
 patch 256, 24 GB) trained on the slides' full-resolution level, read a patch at a time from the tiled
 TIFF, with no 4096 px downscale. It runs where PANDA is (``$PANDA_ROOT``); the stand-in has no such level.
 

@@ -1,5 +1,5 @@
-"""The planner's part for PatchGD's alternatives (issue #14): the side a downscaled GD gets under a
-budget, so that it trains the same batch as PatchGD there; Streaming SGD's peak and plan (issue #34),
+"""The planner's part for PatchGD's alternatives: the side a downscaled GD gets under a
+budget, so that it trains the same batch as PatchGD there; Streaming SGD's peak and plan,
 which fake tensors cannot trace whole (lightstream's statistics call nonzero and numpy)."""
 from __future__ import annotations
 
