@@ -1,5 +1,5 @@
 """The kit's PatchGD batch against the official repository's loop structure at identical math.
-Prints figures; asserts nothing (the equality check is tests/test_official_loop.py).
+Prints figures; asserts nothing (the equality check is tests/core/test_official_loop.py).
 
     python benchmarks/bench_official_loop.py [--backbones resnet50 mobilenet_v2] [--settings patch32 cpu]
                                              [--repeats 3] [--threads 2] [--device cpu] [--loop-only] [--smoke]

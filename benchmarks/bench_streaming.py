@@ -5,7 +5,7 @@ memory of one training step (forward, backward, Adam) on one image, fp32, BatchN
         [--tile 960] [--batchnorm initial|random] [--reference] [--exact]
 
 Each step runs in its own process, the model in eval (BatchNorm is frozen anyway; MobileNetV2's
-dropout off), with glibc's mmap threshold fixed at 1 MiB (as tests/test_gigapixel.py): its default
+dropout off), with glibc's mmap threshold fixed at 1 MiB (as tests/data/test_gigapixel.py): its default
 dynamic threshold keeps freed tensors under 32 MiB in the heap, so four tile passes would leave
 fragmentation in the resident set that is not the method's. The peak is the rise of the resident set
 (sampled every 2 ms) over the process after building the model, so building (and the streamed trunk's

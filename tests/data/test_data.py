@@ -204,7 +204,7 @@ def test_bad_digit_sources(tmp_path):
 def test_command_line_reports_bad_input_on_one_line(tmp_path, capsys):
     import importlib.util
     spec = importlib.util.spec_from_file_location(
-        "ultramnist_cli", Path(__file__).resolve().parents[1] / "data_gen" / "ultramnist.py")
+        "ultramnist_cli", Path(__file__).resolve().parents[2] / "data_gen" / "ultramnist.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     assert cli.main(["--out", str(tmp_path), "--per-class", "0"]) == 2  # the kit's `generate`, under its old name

@@ -1,7 +1,7 @@
 """`widgets.has_frontend()` in real kernels, asked the way each client asks: papermill and nbval
 (static figures), `jupyter console` (jupyter_client, no comm: static figures), JupyterLab's execute
 requests (widgets), and a Lab without the widgets extension, which closes every widget's comm
-(widgets once, static figures after). Lab itself, in a browser, is tests/test_browser.py."""
+(widgets once, static figures after). Lab itself, in a browser, is tests/face/test_browser.py."""
 import subprocess
 import sys
 

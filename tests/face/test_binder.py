@@ -11,7 +11,7 @@ import pytest
 
 from patchgd_kit.runs.profiles import get_profile
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BINDER = ROOT / "binder"
 # Pinned for the kit but not installed on Binder: a Binder user runs notebooks 01-04, not the tests,
 # nor Streaming SGD (`--method streaming`, the only importer of lightstream and lightning).

@@ -8,7 +8,7 @@ import torch
 
 from patchgd_kit.face.teaching.watch import TinyPatchGD, gradients_beside_train_batch
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_zblock_filling.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "02_zblock_filling.ipynb"
 
 
 def _algorithm1_source() -> str:

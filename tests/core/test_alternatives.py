@@ -51,7 +51,7 @@ def _peak(method, image_size):
 
 
 # streaming: lightstream's statistics cannot run on fake tensors, and no tile fits these sides;
-# altplan.streaming_peak estimates it (tests/test_streaming.py).
+# altplan.streaming_peak estimates it (tests/core/test_streaming.py).
 @pytest.mark.parametrize("method", sorted(set(METHODS) - {"streaming"}))
 def test_every_methods_estimate_grows_with_the_image_side(method):
     peaks = [_peak(method, side) for side in (64, 128, 256)]

@@ -31,7 +31,7 @@ if CHROMIUM is None:
 sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright: `make install` installs it")
 pytestmark = pytest.mark.slow  # about 2 minutes on 2 CPU cores
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 # A redraw slower than this fails. Measured on 2 CPU cores shared with other jobs (load 10-15): 0.1-2.3 s,
 # but 12-21 s for Algorithm 1's k (one live batch of train_batch) and 6-9 s for a new patch size (a
 # memory estimate); the times are printed on every run.

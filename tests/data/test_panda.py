@@ -16,6 +16,7 @@ import pytest
 import tifffile
 import torch
 
+from tiny import HEADER, make_root, slide_image, write_slide
 from patchgd_kit.report import latency, tables
 from patchgd_kit.runs import config as config_module, scaling
 from patchgd_kit.cli import main as cli_main
@@ -31,51 +32,8 @@ from patchgd_kit.report.orderings import RowResult
 from patchgd_kit.paper.beyond import rows_of
 from patchgd_kit.paper.numbers import PAPER
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIZES = (64, 32, 8)
-HEADER = "image_id,data_provider,isup_grade,gleason_score\n"
-
-
-def slide_image(seed: int, height: int, width: int) -> np.ndarray:
-    """White, with one coloured rectangle: JPEG keeps it close to the original."""
-    rng = np.random.default_rng(seed)
-    image = np.full((height, width, 3), 255, np.uint8)
-    y, x = height // 4, width // 4
-    image[y:3 * y, x:3 * x] = rng.integers(0, 200, 3)
-    return image
-
-
-def write_slide(path: Path, image: np.ndarray, levels: int = 3, subifds: bool = False) -> None:
-    """PANDA's layout: one JPEG-tiled page per level, each 4x smaller; or, with subifds, a
-    pyramid in sub-IFDs (the layout of other whole-slide converters)."""
-    pyramid = [np.ascontiguousarray(image[::4 ** i, ::4 ** i]) for i in range(levels)]
-    tiles = dict(tile=(16, 16), compression="jpeg", photometric="rgb")
-    with tifffile.TiffWriter(path) as tif:
-        if subifds:
-            tif.write(pyramid[0], subifds=levels - 1, **tiles)
-            for level in pyramid[1:]:
-                tif.write(level, subfiletype=1, **tiles)
-        else:
-            for level in pyramid:
-                tif.write(level, **tiles)
-
-
-def make_root(root: Path, grades=(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5), broken=()) -> Path:
-    """A PANDA folder with one slide per grade listed; ids in ``broken`` are corrupt or missing."""
-    (root / "train_images").mkdir(parents=True)
-    lines = [HEADER]
-    for i, grade in enumerate(grades):
-        image_id = f"slide{i:02d}"
-        lines.append(f"{image_id},{'radboud' if i % 2 else 'karolinska'},{grade},3+3\n")
-        path = root / "train_images" / f"{image_id}.tiff"
-        if image_id == "slide03" and "corrupt" in broken:
-            path.write_bytes(b"II*\x00" + bytes(range(256)) * 4)  # a TIFF header, then garbage
-        elif image_id == "slide06" and "missing" in broken:
-            continue
-        else:
-            write_slide(path, slide_image(i, 256 + 16 * (i % 8), 320 - 16 * (i % 8)))
-    (root / "train.csv").write_text("".join(lines))
-    return root
 
 
 @pytest.fixture(scope="module")

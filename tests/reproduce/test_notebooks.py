@@ -11,7 +11,7 @@ from nbstripout import strip_output
 from patchgd_kit.errors import KitError
 from patchgd_kit.reproduce.notebooks import run_notebook
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 ALL = sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 TEACHING = ALL[:4]  # 01-04 teach, 05-10 reproduce the paper's figure and tables, 11 the alternatives, 12 gigapixel images
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"

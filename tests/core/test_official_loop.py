@@ -19,7 +19,7 @@ import torch
 from patchgd_kit.core.methods import build_model
 
 SPEC = importlib.util.spec_from_file_location(
-    "bench_official_loop", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_official_loop.py")
+    "bench_official_loop", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_official_loop.py")
 bench = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(bench)
 BACKBONE_LR = 50.0

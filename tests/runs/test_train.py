@@ -16,7 +16,7 @@ from patchgd_kit.runs.optim import lr_lambda
 from patchgd_kit.runs.training import evaluate_run, train
 
 SMALL = dict(backbone="mobilenet_v2", image_size=64, patch_size=32, batch_size=5, warmup_epochs=1)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_lr_warms_up_from_zero_then_decays_linearly_to_half():

@@ -7,41 +7,9 @@ from patchgd_kit.core import patchgd
 from patchgd_kit.errors import KitError
 from patchgd_kit.core.methods import build_model
 from patchgd_kit.core.models import count_parameters
+from tiny import RecordingOptimizer, TinyPatchGD
 from patchgd_kit.core.patches import (gather_patches, grid_shape, inner_iterations, patches_per_iteration,
                                       sample_schedule)
-
-
-class TinyEncoder(nn.Module):
-    """A small f_θ1 so the algorithm's tests run in milliseconds; the real backbones are tested below."""
-
-    def __init__(self, s=8):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-                                 nn.Flatten(), nn.Linear(16, s))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class TinyPatchGD(nn.Module):
-    def __init__(self, image_size=32, patch_size=8, s=8, classes=5):
-        super().__init__()
-        self.patch_size, self.grid = patch_size, grid_shape(image_size, patch_size)
-        self.backbone = TinyEncoder(s)
-        m, n = self.grid
-        self.head = nn.Sequential(nn.Conv2d(s, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * m * n, classes))
-
-
-class RecordingOptimizer(torch.optim.Optimizer):
-    """Records the gradient at every step and leaves the parameters unchanged."""
-
-    def __init__(self, params):
-        super().__init__(params, {})
-        self.steps = []
-
-    def step(self, closure=None):
-        self.steps.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-                           for g in self.param_groups for p in g["params"]])
 
 
 def _images(b=3, size=32, seed=0):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from test_patchgd import RecordingOptimizer, TinyPatchGD
+from tiny import RecordingOptimizer, TinyPatchGD
 
 from patchgd_kit import cli
 from patchgd_kit.core import patchgd
@@ -22,7 +22,7 @@ from patchgd_kit.errors import KitError
 from patchgd_kit.core.patches import gather_patches
 from patchgd_kit.data.tiled import LazyBatch, TiledImage, collate, write_tiled
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # tiny.py is there
 
 
 def _noise_tiff(path, side=64, tile=16, seed=0):
@@ -97,7 +97,7 @@ RSS_SCRIPT = textwrap.dedent("""
     import resource, sys
     import torch
     sys.path.insert(0, {tests!r})
-    from test_patchgd import TinyPatchGD
+    from tiny import TinyPatchGD
     from patchgd_kit.core import patchgd
     from patchgd_kit.data.tiled import LazyBatch, TiledImage
     side = int(sys.argv[2])
@@ -204,7 +204,7 @@ def test_the_planner_leaves_a_lazily_read_image_out_of_the_step():
 
 
 def test_panda_full_resolution_items_are_level_0_framed_on_white_and_train(tmp_path):
-    from test_panda import make_root
+    from tiny import make_root
 
     from patchgd_kit.data.pandafull import full_resolution_dataset
     root = make_root(tmp_path / "panda", grades=(0, 0, 1, 1))

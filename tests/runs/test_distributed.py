@@ -37,7 +37,7 @@ RUNS = {  # name: (config, BatchNorm on running statistics and no dropout)
     "patchgd-per-image": (dict(method="patchgd", grad_accum=2), True),  # ζ = 4, ε = 2: 2 steps a batch
 }
 RESUME = dict(method="gd", epochs=2)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def per_image(model: nn.Module) -> nn.Module:
