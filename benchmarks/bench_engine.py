@@ -11,7 +11,6 @@ the threads and the load average.
 """
 import os
 import argparse
-import ctypes
 import json
 import sys
 import time
@@ -31,19 +30,6 @@ from patchgd_kit.runs.config import TrainConfig, use_channels_last  # noqa: E402
 from patchgd_kit.runs.optim import adam  # noqa: E402
 
 CPU = torch.device("cpu")
-
-
-def keep_freed_memory() -> bool:
-    """On Linux with glibc: keep freed heap memory in the process for the next step instead of giving it
-    back and faulting it in again. Algorithm 1 frees and reallocates every activation ζ times a batch at
-    two sizes (the fill's patches, the inner iterations' B·k), which keeps glibc's trimming busy
-    (docs/performance.md). Sets the mmap threshold to 32 MiB and the trim threshold to 1 GiB,
-    process-wide. Returns whether it took effect (False: not glibc)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 32 << 20) and libc.mallopt(-1, 1 << 30))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # not Linux, or a libc without mallopt (musl)
-        return False
 
 
 def timed(step, images: int, min_seconds: float = 3.0, warmup: int = 1) -> float:
@@ -94,11 +80,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-generator", action="store_true", help="leave out the generator's figures")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="keep_freed_memory() first (glibc keeps freed heap; docs/performance.md)")
     args = parser.parse_args()
-    if args.keep_freed_memory:
-        print(f"keep_freed_memory: {keep_freed_memory()}")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, load average "
