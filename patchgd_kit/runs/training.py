@@ -317,7 +317,8 @@ def train(config: TrainConfig | None = None, out: str | Path = "runs/run", *, pr
     if config.batch_size is None:  # the batch is the plan's (validate: a budget is there)
         plan = plan_for_config(config)
         config = dataclasses.replace(config, batch_size=plan.batch_size)
-    _check_batch(config, len(datasets[0]), processes)
+    if processes.distributed:  # refused before a process group is started for it
+        _check_batch(config, len(datasets[0]), processes)
     device = distributed.device_for(resolve_device(config.device), processes)
     made = not out.exists()
     try:
@@ -348,6 +349,7 @@ def _start_run(config: TrainConfig, plan: Plan | None, out: Path, datasets: tupl
     the data and the weights checked is anything written into it."""
     if plan is None and config.memory_budget is not None:  # a given batch: refused if it does not fit
         plan = plan_for_config(config)
+    _check_batch(config, len(datasets[0]), processes)
     _seed_everything(config.seed)
     if device.type == "cuda":  # before the run's first allocation; lifts an earlier run's cap without a budget
         limit_cuda_memory(device, plan.budget_bytes if plan else None)  # per process: each has its GPU

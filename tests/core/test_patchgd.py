@@ -8,7 +8,7 @@ from patchgd_kit.errors import KitError
 from patchgd_kit.core.methods import build_model
 from patchgd_kit.core.models import count_parameters
 from tiny import RecordingOptimizer, TinyPatchGD
-from patchgd_kit.core.patches import (gather_patches, grid_shape, inner_iterations, patches_per_iteration,
+from patchgd_kit.core.patches import (gather_patches, inner_iterations, patches_per_iteration,
                                       sample_schedule)
 
 

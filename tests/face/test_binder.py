@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BINDER = ROOT / "binder"
 # Pinned for the kit but not installed on Binder: a Binder user runs notebooks 01-04, not the tests,
 # nor Streaming SGD (`--method streaming`, the only importer of lightstream and lightning).
-NOT_ON_BINDER = {"nbval", "nbstripout", "pytest", "playwright", "lightstream", "lightning"}
+NOT_ON_BINDER = {"nbval", "nbstripout", "pytest", "pyflakes", "playwright", "lightstream", "lightning"}
 CPU_BUILDS = {"torch", "torchvision"}  # PyTorch's CPU-only wheels, a tenth of the CUDA ones
 
 
