@@ -29,7 +29,7 @@ reproduce: install
 
 # All tests: the kit's pytest suite, then every notebook under nbval on the smoke profile.
 test: install
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=15
 	KIT_PROFILE=smoke TQDM_DISABLE=1 $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
 benchmark: install

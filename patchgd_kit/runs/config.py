@@ -194,8 +194,9 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
         return None
     if device.type == "cuda":
         return torch.float16
-    # PatchGD under CPU bf16 autocast diverged: NaN in the first batch of the smoke profile's Table 3
-    # (ResNet50, 16 px patches) on an AVX-512 Xeon, where fp32 trains; so it runs fp32 on a CPU.
+    # PatchGD under CPU bf16 autocast diverged: the bf16 weight gradient of a 3×3 stride-2 convolution
+    # on a 1×1 map (a small patch in ResNet50's layer4) can hold NaN in its padding-only taps
+    # (docs/probes/bf16_conv_weight_grad.py); so PatchGD runs fp32 on a CPU.
     return torch.bfloat16 if cpu_has_native_bf16() and not uses_patches(config.method) else None
 
 
